@@ -1,0 +1,1 @@
+"""nn4n: biologically plausible recurrent networks."""

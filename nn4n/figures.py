@@ -1,0 +1,255 @@
+"""Figures for studying a trained network's activity record.
+
+Every plotting function takes the activity dict (see :func:`load_activity`) and
+returns a :class:`matplotlib.figure.Figure` built without pyplot, so it works
+under any backend (Agg included) and leaves pyplot's figure registry untouched.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+
+Activity = dict[str, np.ndarray]
+
+
+def load_activity(path: str | PathLike) -> Activity:
+    """Load an activity record saved as ``.npz`` into a plain dict."""
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def peak_order(rates_2d: np.ndarray) -> np.ndarray:
+    """Neuron indices of a (time, neurons) array sorted by time of peak rate (stable)."""
+    return np.argsort(np.argmax(rates_2d, axis=0), kind="stable")
+
+
+def _dt(act: Activity) -> float:
+    return float(act["dt"]) if "dt" in act else 1.0
+
+
+def _length(act: Activity, trial: int) -> int:
+    return int(act["lengths"][trial]) if "lengths" in act else act["rates"].shape[1]
+
+
+def _valid(act: Activity) -> np.ndarray:
+    """Boolean (trials, time): steps inside the trial (t < length) or with mask > 0."""
+    n_trials, n_time = act["rates"].shape[:2]
+    valid = np.zeros((n_trials, n_time), bool)
+    if "lengths" in act:
+        valid |= np.arange(n_time)[None, :] < np.asarray(act["lengths"])[:, None]
+    if "mask" in act:
+        valid |= np.asarray(act["mask"]) > 0
+    if "lengths" not in act and "mask" not in act:
+        valid[:] = True
+    return valid
+
+
+def _is_classification(act: Activity) -> bool:
+    return np.asarray(act["targets"]).ndim == 2
+
+
+def _areas(act: Activity) -> list[tuple[str, np.ndarray]]:
+    """(name, neuron indices) per area in index order; a single 'all' group without area info."""
+    n = act["rates"].shape[-1]
+    if "area" not in act:
+        return [("all", np.arange(n))]
+    area = np.asarray(act["area"])
+    names = act["area_names"] if "area_names" in act else list(dict.fromkeys(area))
+    return [(str(a), np.flatnonzero(area == a)) for a in names]
+
+
+def _epochs(act: Activity, trial: int, length: int) -> list[tuple[str, int, int]]:
+    """(name, start, end) of each task epoch of a trial, clipped to its length, by start."""
+    out = []
+    for key in act:
+        if key.startswith("epoch_"):
+            start, end = (int(v) for v in act[key][trial])
+            if start < length:
+                out.append((key[len("epoch_"):], start, min(end, length)))
+    return sorted(out, key=lambda e: e[1])
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def activity_heatmap(act: Activity, trial: int = 0) -> Figure:
+    """Rates of one trial, one panel per area, neurons sorted by peak time; epochs marked."""
+    length, dt = _length(act, trial), _dt(act)
+    rates = np.asarray(act["rates"][trial, :length])
+    areas = [(name, idx) for name, idx in _areas(act) if idx.size]
+    fig = Figure(figsize=(8, 1.5 + 0.12 * rates.shape[1]), layout="constrained")
+    axes = fig.subplots(len(areas), 1, sharex=True, squeeze=False,
+                        gridspec_kw={"height_ratios": [idx.size for _, idx in areas]})[:, 0]
+    vmin, vmax = float(rates.min()), float(rates.max())
+    epochs = _epochs(act, trial, length)
+    for ax, (name, idx) in zip(axes, areas):
+        sub = rates[:, idx]
+        im = ax.imshow(sub[:, peak_order(sub)].T, aspect="auto", interpolation="nearest",
+                       cmap="viridis", vmin=vmin, vmax=vmax,
+                       extent=(0, length * dt, idx.size - 0.5, -0.5))
+        ax.set_ylabel(f"{name}\nneuron (by peak)")
+        for _, start, _ in epochs:
+            ax.axvline(start * dt, color="w", lw=0.8, ls="--")
+    for ep, start, _ in epochs:
+        axes[0].text(start * dt, 1.02, ep, transform=axes[0].get_xaxis_transform(), fontsize=8)
+    axes[-1].set_xlabel("time (ms)")
+    fig.colorbar(im, ax=list(axes), label="rate")
+    fig.suptitle(f"Activity, trial {trial}")
+    return fig
+
+
+def connectivity_matrix(act: Activity) -> Figure:
+    """Recurrent weights (post × pre) with area (thick) and E/I (thin) boundaries."""
+    w = np.asarray(act["w_rec"])
+    lim = float(np.abs(w).max()) or 1.0
+    fig = Figure(figsize=(6.5, 5.5), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(w, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+    areas = _areas(act)
+    sign = np.asarray(act["sign"]) if "sign" in act else np.zeros(len(w), int)
+    for i, (_, idx) in enumerate(areas):
+        if i:
+            for line in (ax.axhline, ax.axvline):
+                line(idx[0] - 0.5, color="k", lw=1.5)
+        for b in idx[1:][np.diff(sign[idx]) != 0]:
+            for line in (ax.axhline, ax.axvline):
+                line(b - 0.5, color="k", lw=0.5, ls="--")
+    centres = [(idx[0] + idx[-1]) / 2 for _, idx in areas if idx.size]
+    names = [name for name, idx in areas if idx.size]
+    ax.set_xticks(centres, names)
+    ax.set_yticks(centres, names, rotation=90, va="center")
+    ax.set_xlabel("presynaptic neuron (pre)")
+    ax.set_ylabel("postsynaptic neuron (post)")
+    ax.set_title("Recurrent weights $W_{rec}$")
+    fig.colorbar(im, ax=ax, label="weight")
+    return fig
+
+
+def pca_trajectories(act: Activity, color_by: str = "ground_truth") -> Figure:
+    """PC1–PC2 trajectory of every trial (PCA over all valid steps), coloured by a condition."""
+    rates, valid = np.asarray(act["rates"]), _valid(act)
+    x = rates[valid]
+    mean = x.mean(axis=0)
+    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+    var = s**2 / np.sum(s**2)
+    cond = act.get(f"cond_{color_by}")
+    values = np.unique(cond) if cond is not None else np.array([None])
+    n_val = len(values)
+    colours = {v: f"C{j}" if n_val <= 10 else matplotlib.colormaps["viridis"](j / (n_val - 1))
+               for j, v in enumerate(values.tolist())}
+    fig = Figure(figsize=(6, 5), layout="constrained")
+    ax = fig.subplots()
+    labelled = set()
+    for i in range(len(rates)):
+        pcs = (rates[i][valid[i]] - mean) @ vt[:2].T
+        if not len(pcs):
+            continue
+        key = cond[i].item() if cond is not None else None
+        label = f"{color_by}={key}" if cond is not None and key not in labelled else None
+        labelled.add(key)
+        ax.plot(pcs[:, 0], pcs[:, 1], color=colours[key], lw=1, alpha=0.8, label=label)
+        ax.scatter(pcs[0, 0], pcs[0, 1], color=colours[key], marker="o", s=15, zorder=3)
+    if cond is not None:
+        ax.legend(fontsize=8)
+    ax.set_xlabel("PC1")
+    ax.set_ylabel("PC2")
+    ax.set_title(f"PC1 {100 * var[0]:.1f}% · PC2 {100 * var[1]:.1f}% variance (o = start)")
+    return fig
+
+
+def trial_io(act: Activity, trial: int = 0) -> Figure:
+    """Inputs, targets and outputs (softmax probabilities for classification) of one trial."""
+    length, dt = _length(act, trial), _dt(act)
+    t = np.arange(length) * dt
+    inputs = np.asarray(act["inputs"][trial, :length])
+    targets = np.asarray(act["targets"][trial, :length])
+    outputs = np.asarray(act["outputs"][trial, :length])
+    fig = Figure(figsize=(8, 6), layout="constrained")
+    ax_in, ax_tgt, ax_out = fig.subplots(3, 1, sharex=True)
+    for k in range(inputs.shape[-1]):
+        ax_in.plot(t, inputs[:, k], lw=1, label=f"in {k}")
+    if _is_classification(act):
+        ax_tgt.step(t, targets, where="post", color="k")
+        ax_tgt.set_ylabel("target class")
+        probs = _softmax(outputs)
+        for k in range(probs.shape[-1]):
+            ax_out.plot(t, probs[:, k], lw=1.2, label=f"class {k}")
+        ax_out.set_ylabel("p(class)")
+        ax_out.set_ylim(-0.05, 1.05)
+    else:
+        for k in range(outputs.shape[-1]):
+            ax_tgt.plot(t, targets[:, k], lw=1, color=f"C{k}")
+            ax_out.plot(t, outputs[:, k], lw=1.2, color=f"C{k}", label=f"out {k}")
+            ax_out.plot(t, targets[:, k], lw=1, ls="--", color=f"C{k}")
+        ax_tgt.set_ylabel("target")
+        ax_out.set_ylabel("output (-- target)")
+    ax_in.set_ylabel("input")
+    for ax in (ax_in, ax_out):
+        if len(ax.get_lines()) <= 8:
+            ax.legend(fontsize=7, loc="upper left")
+    for i, (name, start, end) in enumerate(_epochs(act, trial, length)):
+        for ax in (ax_in, ax_tgt, ax_out):
+            ax.axvspan(start * dt, end * dt, color=f"C{i}", alpha=0.08, lw=0)
+        ax_in.text(start * dt, 1.02, name, transform=ax_in.get_xaxis_transform(), fontsize=8)
+    ax_out.set_xlabel("time (ms)")
+    fig.suptitle(f"Trial {trial}")
+    return fig
+
+
+def _logistic_fit(x: np.ndarray, y: np.ndarray, ridge: float = 1e-3) -> np.ndarray:
+    """(bias, slope) of P(y=1) = sigmoid(b + a x), by ridge-regularised Newton iterations."""
+    X = np.stack([np.ones_like(x), x], axis=1)
+    beta = np.zeros(2)
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-X @ beta))
+        hess = X.T @ (X * (p * (1 - p))[:, None]) + ridge * np.eye(2)
+        beta += np.linalg.solve(hess, X.T @ (y - p) - ridge * beta)
+    return beta
+
+
+def psychometric_curve(act: Activity, strength: str = "coh") -> Figure | None:
+    """Fraction of trials choosing 2 vs signed strength (negative for ground truth 1).
+
+    The denominator is all trials at a level (no-choice trials count as not choosing 2).
+    Returns None unless this is a 2-choice classification record with ``choice``,
+    ``cond_ground_truth`` and ``cond_<strength>``.
+    """
+    key = f"cond_{strength}"
+    if not (_is_classification(act) and "choice" in act and key in act and "cond_ground_truth" in act):
+        return None
+    gt = np.asarray(act["cond_ground_truth"])
+    if not set(np.unique(gt).tolist()) <= {1, 2}:
+        return None
+    signed = np.where(gt == 1, -1.0, 1.0) * np.asarray(act[key], float)
+    chose2 = (np.asarray(act["choice"]) == 2).astype(float)
+    levels = np.unique(signed)
+    frac = np.array([chose2[signed == lv].mean() for lv in levels])
+    fig = Figure(figsize=(5, 4), layout="constrained")
+    ax = fig.subplots()
+    scale = float(np.abs(signed).max()) or 1.0
+    bias, slope = _logistic_fit(signed / scale, chose2)
+    xs = np.linspace(levels[0], levels[-1], 200)
+    ax.plot(xs, 1 / (1 + np.exp(-(bias + slope * xs / scale))), color="C0", label="logistic fit")
+    ax.plot(levels, frac, "o", color="k", label="data")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel(f"signed {strength} (− = ground truth 1, + = 2)")
+    ax.set_ylabel("fraction choosing 2")
+    ax.set_title(f"Psychometric curve (n={len(signed)} trials)")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def all_figures(act: Activity) -> dict[str, Figure]:
+    """All standard figures by name; 'psychometric' only when applicable."""
+    figs = {"activity": activity_heatmap(act), "connectivity": connectivity_matrix(act),
+            "pca": pca_trajectories(act), "trial_io": trial_io(act)}
+    psy = psychometric_curve(act)
+    if psy is not None:
+        figs["psychometric"] = psy
+    return figs

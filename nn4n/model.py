@@ -1,0 +1,232 @@
+"""The continuous-time rate RNN: ``v <- (1-a) v + a (W_rec r + W_in u + b) + noise``, ``r = f(v)``.
+
+Constraints are reparametrizations (``torch.nn.utils.parametrize``), not clamps: the module stores
+raw weights and every read of ``model.w_rec`` (or ``w_in``, ``w_out``) returns the effective weight
+``mask * sign * |raw|`` (``mask * raw`` for unconstrained neurons). Dale's law and sparsity therefore
+hold exactly at every step for any optimizer, weight decay included, and the forward pass,
+checkpoints' consumers and logs all see the same effective matrices. ``|raw|`` rather than
+``relu(raw)`` keeps gradients alive: a synapse pushed through zero comes back instead of dying.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.utils.hooks import RemovableHandle
+
+from .engines import ENGINES
+from .structure import NetworkConfig, Structure
+
+FORMAT = "nn4n.CTRNN/1"
+
+
+class SignedMask(nn.Module):
+    """Effective weight from a raw one: zero where ``mask`` is zero, sign of the presynaptic neuron.
+
+    ``sign`` has one entry per column (presynaptic neuron or input feature): +1 / -1 force the sign
+    of the whole column, 0 leaves it free.
+    """
+
+    def __init__(self, mask: np.ndarray, sign: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("mask", torch.as_tensor(mask, dtype=torch.float32))
+        self.register_buffer("sign", torch.as_tensor(sign, dtype=torch.float32))
+        self.register_buffer("signed", torch.as_tensor(sign != 0))
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.mask * torch.where(self.signed, self.sign * raw.abs(), raw)
+
+    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.signed, weight.abs(), weight)
+
+
+@dataclass
+class Activity:
+    """Hidden activity of a batch, with views by area and E/I population (no index arithmetic)."""
+
+    rates: torch.Tensor  # (batch, time, neurons), after each update
+    structure: Structure
+    preact: torch.Tensor | None = None  # membrane potentials v, same shape, on request
+
+    def select(self, area: str | None = None, population: str | None = None) -> torch.Tensor:
+        """Rates of one area and/or population ('E' or 'I'): ``(batch, time, selected neurons)``."""
+        idx = torch.as_tensor(self.structure.indices(area, population), device=self.rates.device)
+        return self.rates.index_select(-1, idx)
+
+    def area(self, name: str) -> torch.Tensor:
+        return self.select(area=name)
+
+    def excitatory(self, area: str | None = None) -> torch.Tensor:
+        return self.select(area, "E")
+
+    def inhibitory(self, area: str | None = None) -> torch.Tensor:
+        return self.select(area, "I")
+
+    def by_area(self) -> dict[str, torch.Tensor]:
+        return {name: self.area(name) for name in self.structure.area_names}
+
+
+def _softplus_inverse(x: torch.Tensor) -> torch.Tensor:
+    return x + torch.log(-torch.expm1(-x))
+
+
+class CTRNN(nn.Module):
+    """Leaky rate network built from a :class:`NetworkConfig` (or a dict of the same keys).
+
+    ``forward(inputs)`` takes ``(batch, time, input_size)`` and returns ``(outputs, Activity)`` with
+    outputs ``(batch, time, output_size)``. Noise is on in training mode and off in eval mode unless
+    ``noise=`` says otherwise.
+    """
+
+    def __init__(self, config: NetworkConfig | Mapping[str, Any], engine: str = "reference") -> None:
+        super().__init__()
+        if not isinstance(config, NetworkConfig):
+            config = NetworkConfig.from_dict(config)
+        if engine not in ENGINES:
+            raise ValueError(f"engine: unknown engine {engine!r}; engines: {', '.join(ENGINES)}")
+        self.config, self.engine = config, engine
+        self.structure = st = Structure(config)
+        n = st.n_neurons
+        self.register_buffer("sign", torch.as_tensor(st.sign, dtype=torch.float32))
+        self.register_buffer("noise_std", torch.as_tensor(st.noise))
+        tau = torch.as_tensor(st.tau)
+        if config.learn_tau:  # tau = dt + softplus(raw) keeps dt/tau in (0, 1)
+            self.tau_raw = nn.Parameter(_softplus_inverse((tau - config.dt).clamp_min(1e-3)))
+        else:
+            self.register_buffer("tau_fixed", tau)
+        self.h0 = nn.Parameter(torch.zeros(n)) if config.learn_h0 else None
+        self.b_rec = nn.Parameter(torch.zeros(n)) if config.rec_bias else None
+        self.b_out = nn.Parameter(torch.zeros(config.output_size)) if config.out_bias else None
+        self.w_in = nn.Parameter(torch.empty(n, config.input_size))
+        self.w_rec = nn.Parameter(torch.empty(n, n))
+        self.w_out = nn.Parameter(torch.empty(config.output_size, n))
+        parametrize.register_parametrization(self, "w_in", SignedMask(st.input_mask, np.zeros(config.input_size)))
+        parametrize.register_parametrization(self, "w_rec", SignedMask(st.rec_mask, st.sign))
+        parametrize.register_parametrization(self, "w_out", SignedMask(st.readout_mask, st.sign))
+        for name, plast in (("w_in", st.input_plasticity), ("w_rec", st.rec_plasticity), ("w_out", st.readout_plasticity)):
+            self.register_buffer(f"plasticity_{name}", torch.as_tensor(plast))
+        self.reset_parameters()
+
+    # ----------------------------------------------------------------------------- parameters
+    def reset_parameters(self) -> None:
+        """Initialise weights from ``config.seed`` (see :class:`~nn4n.structure.Init`)."""
+        cfg, st = self.config, self.structure
+        rng = np.random.default_rng([cfg.seed, 1])
+
+        def signed(shape: tuple[int, int], mask: np.ndarray, col_sign: np.ndarray) -> np.ndarray:
+            if cfg.init.dist == "gamma":
+                mag = rng.gamma(2.0, 0.5, shape)
+            elif cfg.init.dist == "uniform":
+                mag = rng.uniform(0.0, 1.0, shape)
+            else:
+                mag = np.abs(rng.standard_normal(shape))
+            free_sign = rng.choice([-1.0, 1.0], shape)
+            return mask * mag * np.where(col_sign != 0, col_sign, free_sign)
+
+        w = signed(st.rec_mask.shape, st.rec_mask, st.sign)
+        exc, inh = st.sign > 0, st.sign < 0
+        if w[:, inh].any():  # E/I balance: total inhibition equals total excitation
+            w[:, inh] *= w[:, exc].sum() / -w[:, inh].sum()
+        radius = np.abs(np.linalg.eigvals(w)).max() if w.any() else 0.0
+        if radius > 0 and cfg.init.spectral_radius > 0:
+            w *= cfg.init.spectral_radius / radius
+        w_in = signed(st.input_mask.shape, st.input_mask, np.zeros(cfg.input_size))
+        w_out = signed(st.readout_mask.shape, st.readout_mask, st.sign)
+        n_read = max(1, int(st.readout_mask.any(0).sum()))
+        with torch.no_grad():
+            self.w_rec = torch.as_tensor(w, dtype=torch.float32)
+            self.w_in = torch.as_tensor(w_in * cfg.init.input_scale, dtype=torch.float32)
+            self.w_out = torch.as_tensor(w_out * cfg.init.readout_scale / math.sqrt(n_read), dtype=torch.float32)
+
+    @property
+    def tau(self) -> torch.Tensor:
+        """Time constant of every neuron (ms)."""
+        if self.config.learn_tau:
+            return self.config.dt + F.softplus(self.tau_raw)
+        return self.tau_fixed
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        """``dt / tau`` per neuron, in (0, 1]."""
+        return self.config.dt / self.tau
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """Effective (masked, signed) weights, detached: ``w_in``, ``w_rec`` [post, pre], ``w_out``."""
+        return {name: getattr(self, name).detach() for name in ("w_in", "w_rec", "w_out")}
+
+    def spectral_radius(self) -> float:
+        return float(torch.linalg.eigvals(self.w_rec.detach().double().cpu()).abs().max())
+
+    def apply_plasticity(self, optimizer: torch.optim.Optimizer) -> list[RemovableHandle]:
+        """Scale every update of ``optimizer`` per synapse by its plasticity (0 = frozen).
+
+        The step is rescaled after the optimizer has computed it (``new = old + p * (new - old)``),
+        so the ratio holds for Adam, AdamW (decay included) and SGD alike, unlike scaling gradients.
+        """
+        scaled = {
+            self.parametrizations[name].original: getattr(self, f"plasticity_{name}")
+            for name in ("w_in", "w_rec", "w_out")
+            if bool((getattr(self, f"plasticity_{name}") < 1).any())
+        }
+        before: dict[torch.Tensor, torch.Tensor] = {}
+
+        def save(*_: Any) -> None:
+            for p in scaled:
+                before[p] = p.detach().clone()
+
+        def rescale(*_: Any) -> None:
+            with torch.no_grad():
+                for p, plast in scaled.items():
+                    p.copy_(torch.lerp(before[p], p, plast))
+            before.clear()
+
+        return [optimizer.register_step_pre_hook(save), optimizer.register_step_post_hook(rescale)]
+
+    # ----------------------------------------------------------------------------- dynamics
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        h0: torch.Tensor | None = None,
+        noise: bool | None = None,
+        return_preact: bool = False,
+    ) -> tuple[torch.Tensor, Activity]:
+        """Run ``inputs`` (batch, time, input_size) from ``h0`` (batch, neurons) or the resting state."""
+        noisy = self.training if noise is None else noise
+        batch = inputs.shape[0]
+        alpha = self.alpha
+        if noisy and self.config.noise.input > 0:
+            inputs = inputs + self.config.noise.input * torch.randn_like(inputs)
+        drive = F.linear(inputs, self.w_in, self.b_rec)
+        if noisy and bool((self.noise_std > 0).any()):
+            # a * (drive + sqrt(2/a) sigma xi) = a * drive + sqrt(2a) sigma xi
+            drive = drive + torch.randn_like(drive) * (self.noise_std * torch.sqrt(2.0 / alpha))
+        if h0 is None:
+            h0 = (self.h0 if self.h0 is not None else drive.new_zeros(self.structure.n_neurons)).expand(batch, -1)
+        rates, preact = ENGINES[self.engine](drive, h0, self.w_rec, alpha, self.config.activation, return_preact)
+        outputs = F.linear(rates, self.w_out, self.b_out)
+        return outputs, Activity(rates, self.structure, preact)
+
+    # ----------------------------------------------------------------------------- files
+    def save(self, path: str | Path) -> None:
+        """Write config and weights to ``path`` (atomically: temporary file, then rename)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"format": FORMAT, "config": self.config.to_dict(), "state_dict": self.state_dict()}, tmp)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu", engine: str = "reference") -> CTRNN:
+        """Rebuild a saved model; only tensors and plain values are read (``weights_only=True``)."""
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+        if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+            raise ValueError(f"{path}: not an nn4n model file")
+        model = cls(NetworkConfig.from_dict(blob["config"]), engine=engine)
+        model.load_state_dict(blob["state_dict"])
+        return model.to(map_location)

@@ -1,0 +1,366 @@
+"""Network structure: named areas, E/I identity, time constants and connection masks.
+
+A :class:`NetworkConfig` describes a network the way a neuroscientist would (areas, densities of
+projections between them, which areas see the input and which are read out); :class:`Structure`
+turns it into per-neuron arrays and masks. Neurons are numbered area by area in declaration order,
+excitatory before inhibitory inside each area. Matrices are indexed ``[post, pre]``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+ACTIVATIONS = ("relu", "tanh", "softplus", "sigmoid", "retanh")
+INIT_DISTRIBUTIONS = ("normal", "uniform", "gamma")
+PROJECTING = ("all", "excitatory")
+
+
+@dataclass
+class Area:
+    """One brain area. ``None`` fields take the network-wide default."""
+
+    size: int = 64
+    exc_frac: float | None = None
+    tau: float | None = None
+    noise: float | None = None
+
+
+@dataclass
+class InputGroup:
+    """A named slice of the input features (in declaration order) routed to chosen areas."""
+
+    size: int = 1
+    areas: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Density:
+    """Default connection probability inside an area and between two areas."""
+
+    within: float = 1.0
+    between: float = 0.0
+
+
+@dataclass
+class Plasticity:
+    """How much each synapse may move per optimizer step, in [0, 1] (0 = frozen)."""
+
+    input: float = 1.0
+    readout: float = 1.0
+    within: float = 1.0
+    between: float = 1.0
+    projections: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass
+class Noise:
+    """Noise standard deviations: ``rec`` on the membrane (scaled sqrt(2 dt/tau)), ``input`` on inputs."""
+
+    rec: float = 0.0
+    input: float = 0.0
+
+
+@dataclass
+class Init:
+    """Weight initialisation: magnitude distribution and spectral radius of the signed W_rec."""
+
+    dist: str = "normal"
+    spectral_radius: float = 1.5
+    input_scale: float = 1.0
+    readout_scale: float = 1.0
+
+
+@dataclass
+class NetworkConfig:
+    """Everything that defines a network; plain Python, no Hydra needed.
+
+    ``projections[to][from]`` overrides the default density of the (post=to, pre=from) block.
+    ``dale`` makes every neuron excitatory or inhibitory (``exc_frac`` of each area excitatory);
+    without it all neurons are unconstrained (sign 0).
+    """
+
+    areas: dict[str, Area] = field(default_factory=dict)
+    input_size: int = 1
+    output_size: int = 1
+    dt: float = 20.0
+    tau: float = 100.0
+    dale: bool = True
+    exc_frac: float = 0.8
+    density: Density = field(default_factory=Density)
+    projections: dict[str, dict[str, float]] = field(default_factory=dict)
+    self_connections: bool = False
+    long_range: str = "all"
+    input_areas: list[str] = field(default_factory=list)
+    input_groups: dict[str, InputGroup] = field(default_factory=dict)
+    input_frac: float = 1.0
+    readout_areas: list[str] = field(default_factory=list)
+    readout_frac: float = 1.0
+    readout_from: str = "all"
+    readout_overlap: bool = True
+    activation: str = "relu"
+    noise: Noise = field(default_factory=Noise)
+    init: Init = field(default_factory=Init)
+    learn_tau: bool = False
+    learn_h0: bool = False
+    rec_bias: bool = True
+    out_bias: bool = True
+    plasticity: Plasticity = field(default_factory=Plasticity)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> NetworkConfig:
+        """Build from nested plain dicts (YAML, a checkpoint), rejecting unknown keys."""
+        return _from_dict(cls, values, "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _from_dict(cls: type, values: Mapping[str, Any], path: str) -> Any:
+    """Recursively build dataclass ``cls`` from dicts; unknown keys raise ``ValueError``."""
+    hints = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise ValueError(f"{path}{key}: unknown key; allowed: {', '.join(hints)}")
+        nested = {"density": Density, "noise": Noise, "init": Init, "plasticity": Plasticity}
+        if cls is NetworkConfig and key in nested and isinstance(value, Mapping):
+            value = _from_dict(nested[key], value, f"{path}{key}.")
+        elif cls is NetworkConfig and key in ("areas", "input_groups") and isinstance(value, Mapping):
+            item = Area if key == "areas" else InputGroup
+            value = {
+                name: v if isinstance(v, item) else _from_dict(item, v or {}, f"{path}{key}.{name}.")
+                for name, v in value.items()
+            }
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"{key}: {message}")
+
+
+def _unit(value: Any, key: str) -> None:
+    _check(isinstance(value, (int, float)) and 0.0 <= value <= 1.0, key, f"must be in [0, 1], got {value!r}")
+
+
+def _validate(cfg: NetworkConfig) -> None:
+    """Check every value, naming the offending key; nothing is built from a bad config."""
+    _check(isinstance(cfg.areas, Mapping) and len(cfg.areas) > 0, "areas", "at least one area is required")
+    names = list(cfg.areas)
+
+    def known(area: Any, key: str) -> None:
+        _check(area in cfg.areas, key, f"unknown area {area!r}; areas: {', '.join(names)}")
+
+    _check(cfg.dt > 0, "dt", f"must be > 0, got {cfg.dt!r}")
+    _check(cfg.tau >= cfg.dt, "tau", f"must be >= dt={cfg.dt} so that dt/tau <= 1, got {cfg.tau!r}")
+    _unit(cfg.exc_frac, "exc_frac")
+    for name, area in cfg.areas.items():
+        _check(isinstance(area.size, int) and area.size > 0, f"areas.{name}.size", f"must be an integer > 0, got {area.size!r}")
+        if area.exc_frac is not None:
+            _unit(area.exc_frac, f"areas.{name}.exc_frac")
+        if area.tau is not None:
+            _check(area.tau >= cfg.dt, f"areas.{name}.tau", f"must be >= dt={cfg.dt} so that dt/tau <= 1, got {area.tau!r}")
+        if area.noise is not None:
+            _check(area.noise >= 0, f"areas.{name}.noise", f"must be >= 0, got {area.noise!r}")
+    _unit(cfg.density.within, "density.within")
+    _unit(cfg.density.between, "density.between")
+    for to, row in cfg.projections.items():
+        known(to, f"projections.{to}")
+        for pre, value in row.items():
+            known(pre, f"projections.{to}.{pre}")
+            _unit(value, f"projections.{to}.{pre}")
+    _check(isinstance(cfg.input_size, int) and cfg.input_size > 0, "input_size", f"must be an integer > 0, got {cfg.input_size!r}")
+    _check(isinstance(cfg.output_size, int) and cfg.output_size > 0, "output_size", f"must be an integer > 0, got {cfg.output_size!r}")
+    for i, area in enumerate(cfg.input_areas):
+        known(area, f"input_areas[{i}]")
+    for i, area in enumerate(cfg.readout_areas):
+        known(area, f"readout_areas[{i}]")
+    for group, spec in cfg.input_groups.items():
+        _check(isinstance(spec.size, int) and spec.size > 0, f"input_groups.{group}.size", f"must be an integer > 0, got {spec.size!r}")
+        _check(len(spec.areas) > 0, f"input_groups.{group}.areas", "must name at least one area")
+        for i, area in enumerate(spec.areas):
+            known(area, f"input_groups.{group}.areas[{i}]")
+    if cfg.input_groups:
+        total = sum(g.size for g in cfg.input_groups.values())
+        _check(total == cfg.input_size, "input_groups", f"sizes sum to {total} but input_size is {cfg.input_size}")
+    _unit(cfg.input_frac, "input_frac")
+    _unit(cfg.readout_frac, "readout_frac")
+    _check(cfg.input_frac > 0, "input_frac", "must be > 0")
+    _check(cfg.readout_frac > 0, "readout_frac", "must be > 0")
+    _check(cfg.long_range in PROJECTING, "long_range", f"must be one of {', '.join(PROJECTING)}, got {cfg.long_range!r}")
+    _check(cfg.readout_from in PROJECTING, "readout_from", f"must be one of {', '.join(PROJECTING)}, got {cfg.readout_from!r}")
+    _check(cfg.activation in ACTIVATIONS, "activation", f"must be one of {', '.join(ACTIVATIONS)}, got {cfg.activation!r}")
+    _check(cfg.noise.rec >= 0, "noise.rec", f"must be >= 0, got {cfg.noise.rec!r}")
+    _check(cfg.noise.input >= 0, "noise.input", f"must be >= 0, got {cfg.noise.input!r}")
+    _check(cfg.init.dist in INIT_DISTRIBUTIONS, "init.dist", f"must be one of {', '.join(INIT_DISTRIBUTIONS)}, got {cfg.init.dist!r}")
+    _check(cfg.init.spectral_radius >= 0, "init.spectral_radius", f"must be >= 0, got {cfg.init.spectral_radius!r}")
+    for key in ("input", "readout", "within", "between"):
+        _unit(getattr(cfg.plasticity, key), f"plasticity.{key}")
+    for to, row in cfg.plasticity.projections.items():
+        known(to, f"plasticity.projections.{to}")
+        for pre, value in row.items():
+            known(pre, f"plasticity.projections.{to}.{pre}")
+            _unit(value, f"plasticity.projections.{to}.{pre}")
+
+
+class Structure:
+    """Per-neuron identity and the connection masks of a :class:`NetworkConfig`.
+
+    Attributes (numpy): ``sign`` (+1 E, -1 I, 0 unconstrained), ``area_id``, ``tau`` (ms), ``noise``,
+    ``input_mask`` (N, n_in), ``rec_mask`` (N, N), ``readout_mask`` (n_out, N), and the matching
+    ``*_plasticity`` arrays. Masks are drawn from ``config.seed``: the same config gives the same masks.
+    """
+
+    def __init__(self, config: NetworkConfig) -> None:
+        self.config = cfg = config
+        self.area_names = list(cfg.areas)
+        self.area_slices: dict[str, slice] = {}
+        signs, taus, noises, area_ids = [], [], [], []
+        start = 0
+        for i, (name, area) in enumerate(cfg.areas.items()):
+            self.area_slices[name] = slice(start, start + area.size)
+            start += area.size
+            if cfg.dale:
+                n_exc = int(round(area.size * (cfg.exc_frac if area.exc_frac is None else area.exc_frac)))
+                signs.append(np.r_[np.ones(n_exc), -np.ones(area.size - n_exc)])
+            else:
+                signs.append(np.zeros(area.size))
+            taus.append(np.full(area.size, cfg.tau if area.tau is None else area.tau))
+            noises.append(np.full(area.size, cfg.noise.rec if area.noise is None else area.noise))
+            area_ids.append(np.full(area.size, i))
+        self.n_neurons = start
+        self.sign = np.concatenate(signs).astype(np.int8)
+        self.tau = np.concatenate(taus).astype(np.float32)
+        self.noise = np.concatenate(noises).astype(np.float32)
+        self.area_id = np.concatenate(area_ids)
+        rng = np.random.default_rng(cfg.seed)
+        self.rec_mask, self.asked_density = self._recurrent_mask(rng)
+        self.input_mask = self._input_mask(rng)
+        self.readout_mask = self._readout_mask(rng)
+        self.rec_plasticity = self._rec_plasticity()
+        self.input_plasticity = np.full(self.input_mask.shape, cfg.plasticity.input, np.float32)
+        self.readout_plasticity = np.full(self.readout_mask.shape, cfg.plasticity.readout, np.float32)
+
+    @property
+    def area(self) -> np.ndarray:
+        """Area name of every neuron."""
+        return np.array(self.area_names)[self.area_id]
+
+    def indices(self, area: str | None = None, population: str | None = None) -> np.ndarray:
+        """Neuron indices of an area (all areas if None) and population ('E', 'I' or None for both)."""
+        keep = np.ones(self.n_neurons, bool)
+        if area is not None:
+            if area not in self.area_slices:
+                raise ValueError(f"area: unknown area {area!r}; areas: {', '.join(self.area_names)}")
+            keep &= self.area_id == self.area_names.index(area)
+        if population is not None:
+            if population not in ("E", "I"):
+                raise ValueError(f"population: must be 'E' or 'I', got {population!r}")
+            keep &= self.sign == (1 if population == "E" else -1)
+        return np.flatnonzero(keep)
+
+    def _block_density(self, to: str, pre: str) -> float:
+        cfg = self.config
+        default = cfg.density.within if to == pre else cfg.density.between
+        return cfg.projections.get(to, {}).get(pre, default)
+
+    def _allowed(self, to: str, pre: str) -> np.ndarray:
+        """Which synapses of the (to, pre) block may exist at all."""
+        rows, cols = self.area_slices[to], self.area_slices[pre]
+        allowed = np.ones((rows.stop - rows.start, cols.stop - cols.start), bool)
+        if to == pre and not self.config.self_connections:
+            np.fill_diagonal(allowed, False)
+        if to != pre and self.config.long_range == "excitatory":
+            allowed[:, self.sign[cols] < 0] = False
+        return allowed
+
+    def _recurrent_mask(self, rng: np.random.Generator) -> tuple[np.ndarray, dict[tuple[str, str], float]]:
+        """Draw each block's synapses: exactly round(density * allowed) of the allowed ones."""
+        mask = np.zeros((self.n_neurons, self.n_neurons), bool)
+        asked = {}
+        for to in self.area_names:
+            for pre in self.area_names:
+                density = asked[to, pre] = self._block_density(to, pre)
+                allowed = self._allowed(to, pre)
+                candidates = np.flatnonzero(allowed)
+                chosen = rng.choice(candidates, int(round(density * candidates.size)), replace=False)
+                block = np.zeros(allowed.size, bool)
+                block[chosen] = True
+                mask[self.area_slices[to], self.area_slices[pre]] = block.reshape(allowed.shape)
+        return mask, asked
+
+    def _pick(self, rng: np.random.Generator, pool: np.ndarray, frac: float) -> np.ndarray:
+        """A random ``frac`` of the neurons in ``pool`` (at least one)."""
+        return rng.choice(pool, max(1, int(round(frac * pool.size))), replace=False) if pool.size else pool
+
+    def _area_pool(self, areas: list[str]) -> np.ndarray:
+        return np.concatenate([self.indices(a) for a in areas])
+
+    def _input_mask(self, rng: np.random.Generator) -> np.ndarray:
+        cfg = self.config
+        groups = cfg.input_groups or {"all": InputGroup(cfg.input_size, cfg.input_areas or [self.area_names[0]])}
+        mask = np.zeros((self.n_neurons, cfg.input_size), bool)
+        start = 0
+        for group in groups.values():
+            receivers = self._pick(rng, self._area_pool(group.areas), cfg.input_frac)
+            mask[np.ix_(receivers, np.arange(start, start + group.size))] = True
+            start += group.size
+        return mask
+
+    def _readout_mask(self, rng: np.random.Generator) -> np.ndarray:
+        cfg = self.config
+        pool = self._area_pool(cfg.readout_areas or [self.area_names[-1]])
+        key = f"readout_areas ({', '.join(cfg.readout_areas or [self.area_names[-1]])})"
+        if cfg.readout_from == "excitatory":
+            pool = pool[self.sign[pool] > 0]
+            _check(pool.size > 0, key, "readout_from=excitatory but these areas have no excitatory neurons")
+        if not cfg.readout_overlap:
+            pool = pool[~self.input_mask[pool].any(axis=1)]
+            _check(pool.size > 0, key, "readout_overlap=false but every candidate neuron receives input")
+        mask = np.zeros((cfg.output_size, self.n_neurons), bool)
+        mask[:, self._pick(rng, pool, cfg.readout_frac)] = True
+        return mask
+
+    def _rec_plasticity(self) -> np.ndarray:
+        plast = self.config.plasticity
+        out = np.empty((self.n_neurons, self.n_neurons), np.float32)
+        for to in self.area_names:
+            for pre in self.area_names:
+                default = plast.within if to == pre else plast.between
+                out[self.area_slices[to], self.area_slices[pre]] = plast.projections.get(to, {}).get(pre, default)
+        return out
+
+    def realized_density(self, to: str, pre: str) -> float:
+        """Fraction of the allowed synapses of block (to, pre) that exist."""
+        allowed = self._allowed(to, pre)
+        block = self.rec_mask[self.area_slices[to], self.area_slices[pre]]
+        return float(block.sum() / allowed.sum()) if allowed.any() else 0.0
+
+    def summary(self) -> str:
+        """A readable table: areas with E/I counts and tau, then every block's asked/realized density."""
+        lines = [f"{self.n_neurons} neurons, {self.config.input_size} inputs, {self.config.output_size} outputs"]
+        for name in self.area_names:
+            idx = self.indices(name)
+            n_e, n_i = int((self.sign[idx] > 0).sum()), int((self.sign[idx] < 0).sum())
+            role = [r for r, m in (("input", self.input_mask[idx].any()), ("readout", self.readout_mask[:, idx].any())) if m]
+            lines.append(
+                f"  area {name:<10} {idx.size:>5} neurons  E {n_e:>4}  I {n_i:>4}  "
+                f"tau {self.tau[idx].mean():6.1f} ms  {' '.join(role)}"
+            )
+        lines.append("  projection (post <- pre)     asked  realized  synapses")
+        for to in self.area_names:
+            for pre in self.area_names:
+                n = int(self.rec_mask[self.area_slices[to], self.area_slices[pre]].sum())
+                lines.append(
+                    f"  {to + ' <- ' + pre:<28} {self.asked_density[to, pre]:5.2f}  "
+                    f"{self.realized_density(to, pre):8.3f}  {n:>8}"
+                )
+        return "\n".join(lines)

@@ -1,0 +1,177 @@
+import io
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from nn4n import figures
+
+COHS = np.array([0.0, 6.4, 12.8, 25.6, 51.2])
+
+
+@pytest.fixture(scope="module")
+def act() -> dict[str, np.ndarray]:
+    """Synthetic 2-area E/I classification record whose rates depend on ground truth."""
+    rng = np.random.default_rng(0)
+    n_trials, n_time, n_in, n_out = 20, 30, 3, 3
+    sizes, n_exc = (10, 6), (8, 4)
+    n = sum(sizes)
+    sign = np.concatenate([np.r_[np.ones(e), -np.ones(s - e)] for s, e in zip(sizes, n_exc)]).astype(np.int8)
+    area = np.repeat(np.array(["PFC", "PPC"]), sizes)
+    lengths = rng.integers(20, n_time + 1, n_trials)
+    lengths[0] = 25
+    steps = np.arange(n_time)
+    valid = steps[None] < lengths[:, None]
+    gt = np.tile([1, 2], n_trials // 2)
+    coh = COHS[np.arange(n_trials) % len(COHS)]
+    pattern = rng.normal(size=n)
+    t = steps[None, :, None] / n_time
+    rates = 0.5 + 0.1 * np.sin(2 * np.pi * t + np.arange(n)) + 3.0 * (gt == 2)[:, None, None] * pattern
+    rates = (rates + 0.01 * rng.normal(size=(n_trials, n_time, n))) * valid[..., None]
+    signed = np.where(gt == 1, -coh, coh)
+    choice = np.where(rng.random(n_trials) < 1 / (1 + np.exp(-signed / 10)), 2, 1)
+    choice[3] = 0
+    epochs = {"fixation": (0, 5), "stimulus": (5, 15), "decision": (15, n_time)}
+    return {
+        "rates": rates.astype(np.float32),
+        "inputs": rng.normal(size=(n_trials, n_time, n_in)).astype(np.float32),
+        "outputs": rng.normal(size=(n_trials, n_time, n_out)).astype(np.float32),
+        "targets": rng.integers(0, n_out, (n_trials, n_time)).astype(np.int64),
+        "mask": valid.astype(np.float32),
+        "lengths": lengths,
+        "w_in": rng.normal(size=(n, n_in)),
+        "w_rec": np.abs(rng.normal(size=(n, n))) * sign[None, :],  # Dale: column sign = pre
+        "w_out": rng.normal(size=(n_out, n)),
+        "sign": sign,
+        "area": area,
+        "area_names": np.array(["PFC", "PPC"]),
+        "dt": np.array(20.0),
+        "choice": choice,
+        "cond_ground_truth": gt,
+        "cond_coh": coh,
+        **{f"epoch_{k}": np.tile(v, (n_trials, 1)) for k, v in epochs.items()},
+    }
+
+
+@pytest.fixture(scope="module")
+def regression(act) -> dict[str, np.ndarray]:
+    reg = {k: v for k, v in act.items() if k != "choice"}
+    reg["targets"] = np.random.default_rng(1).normal(size=act["outputs"].shape[:2] + (2,))
+    reg["outputs"] = reg["targets"] + 0.1
+    return reg
+
+
+def test_peak_order():
+    rates = np.zeros((5, 4))
+    rates[3, 0] = rates[0, 1] = rates[4, 2] = rates[1, 3] = 1.0
+    np.testing.assert_array_equal(figures.peak_order(rates), [1, 3, 0, 2])
+
+
+def test_activity_heatmap(act):
+    fig = figures.activity_heatmap(act, trial=0)
+    panels = [ax for ax in fig.axes if ax.images and ax.get_label() != "<colorbar>"]
+    assert len(panels) == 2
+    length = act["lengths"][0]
+    for ax, size in zip(panels, (10, 6)):
+        img = ax.images[0].get_array()
+        assert img.shape == (size, length)
+        assert np.all(np.diff(img.argmax(axis=1)) >= 0)  # rows sorted by peak time
+        assert ax.get_xlim() == (0, length * 20.0)
+    texts = {t.get_text() for t in panels[0].texts}
+    assert {"fixation", "stimulus", "decision"} <= texts
+
+
+def test_connectivity_matrix(act):
+    fig = figures.connectivity_matrix(act)
+    ax = fig.axes[0]
+    im = ax.images[0]
+    np.testing.assert_array_equal(im.get_array(), act["w_rec"])
+    vmin, vmax = im.get_clim()
+    assert vmin == -vmax == -np.abs(act["w_rec"]).max()
+    widths = sorted(line.get_linewidth() for line in ax.get_lines())
+    assert widths.count(1.5) == 2 and widths.count(0.5) == 4  # 1 area, 2 E/I boundaries (h + v)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["PFC", "PPC"]
+
+
+def test_pca_trajectories(act):
+    fig = figures.pca_trajectories(act)
+    ax = fig.axes[0]
+    lines = ax.get_lines()
+    assert len(lines) == 20
+    assert [len(line.get_xdata()) for line in lines] == list(act["lengths"])
+    pc1 = np.array([line.get_xdata().mean() for line in lines])
+    gt = act["cond_ground_truth"]
+    a, b = pc1[gt == 1], pc1[gt == 2]
+    assert a.max() < b.min() or b.max() < a.min()
+    assert len(ax.get_legend().get_texts()) == 2
+
+    x = act["rates"][act["mask"] > 0].astype(float)
+    s = np.linalg.svd(x - x.mean(0), compute_uv=False)
+    var = 100 * s**2 / np.sum(s**2)
+    shown = [float(v) for v in re.findall(r"PC\d ([\d.]+)%", ax.get_title())]
+    np.testing.assert_allclose(shown, var[:2], atol=0.05)
+
+
+def test_pca_without_condition(act):
+    ax = figures.pca_trajectories(act, color_by="missing").axes[0]
+    assert ax.get_legend() is None
+    assert len({line.get_color() for line in ax.get_lines()}) == 1
+
+
+def test_trial_io_classification(act):
+    fig = figures.trial_io(act, trial=0)
+    ax_in, ax_tgt, ax_out = fig.axes
+    length = act["lengths"][0]
+    probs = np.stack([line.get_ydata() for line in ax_out.get_lines()])
+    assert probs.shape == (3, length)
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(ax_out.get_lines()[0].get_xdata(), np.arange(length) * 20.0)
+    assert len(ax_in.get_lines()) == 3
+    assert len(ax_out.patches) == 3  # one shaded span per epoch
+
+
+def test_trial_io_regression(regression):
+    ax_out = figures.trial_io(regression).axes[2]
+    styles = [line.get_linestyle() for line in ax_out.get_lines()]
+    assert styles.count("--") == 2 and styles.count("-") == 2
+
+
+def test_psychometric_curve(act):
+    fig = figures.psychometric_curve(act)
+    ax = fig.axes[0]
+    data = next(line for line in ax.get_lines() if line.get_label() == "data")
+    signed = np.where(act["cond_ground_truth"] == 1, -act["cond_coh"], act["cond_coh"])
+    levels = np.unique(signed)
+    expected = [np.mean(act["choice"][signed == lv] == 2) for lv in levels]
+    np.testing.assert_allclose(data.get_xdata(), levels)
+    np.testing.assert_allclose(data.get_ydata(), expected)
+    fit = next(line for line in ax.get_lines() if line.get_label() == "logistic fit")
+    assert np.all(np.diff(fit.get_ydata()) >= 0)  # choices of 2 rise with signed evidence
+
+
+def test_psychometric_not_applicable(act, regression):
+    assert figures.psychometric_curve(regression) is None
+    assert figures.psychometric_curve(act, strength="missing") is None
+
+
+def test_all_figures(act, regression):
+    figs = figures.all_figures(act)
+    assert set(figs) == {"activity", "connectivity", "pca", "trial_io", "psychometric"}
+    assert all(isinstance(f, Figure) for f in figs.values())
+    for fig in figs.values():
+        fig.savefig(io.BytesIO(), format="png")
+    assert set(figures.all_figures(regression)) == {"activity", "connectivity", "pca", "trial_io"}
+
+
+def test_load_activity_roundtrip(act, tmp_path):
+    path = tmp_path / "activity.npz"
+    np.savez(path, **act)
+    loaded = figures.load_activity(path)
+    assert type(loaded) is dict and set(loaded) == set(act)
+    for k, v in act.items():
+        np.testing.assert_array_equal(loaded[k], v)

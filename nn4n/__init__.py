@@ -1,1 +1,5 @@
-"""nn4n: biologically plausible recurrent networks."""
+"""nn4n: biologically plausible recurrent networks (E/I, multi-area CTRNNs) for neuroscience."""
+from .model import CTRNN, Activity
+from .structure import Area, Density, Init, InputGroup, NetworkConfig, Noise, Plasticity, Structure
+
+__all__ = ["CTRNN", "Activity", "Area", "Density", "Init", "InputGroup", "NetworkConfig", "Noise", "Plasticity", "Structure"]

@@ -131,13 +131,14 @@ def connectivity_matrix(act: Activity) -> Figure:
     return fig
 
 
-def pca_trajectories(act: Activity, color_by: str = "ground_truth") -> Figure:
-    """PC1–PC2 trajectory of every trial (PCA over all valid steps), coloured by a condition."""
+def pca_trajectories(act: Activity, color_by: str = "ground_truth", max_trials: int = 64) -> Figure:
+    """PC1–PC2 trajectories (PCA, eigendecomposition of the covariance over all valid steps of all trials) of up to ``max_trials`` trials,
+    coloured by a condition; starts marked."""
     rates, valid = np.asarray(act["rates"]), _valid(act)
     x = rates[valid]
     mean = x.mean(axis=0)
-    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
-    var = s**2 / np.sum(s**2)
+    eigval, eigvec = np.linalg.eigh(np.cov(x, rowvar=False))  # neurons x neurons: cheap for many steps
+    var, vt = eigval[::-1] / eigval.sum(), eigvec[:, ::-1].T
     cond = act.get(f"cond_{color_by}")
     values = np.unique(cond) if cond is not None else np.array([None])
     n_val = len(values)
@@ -145,8 +146,8 @@ def pca_trajectories(act: Activity, color_by: str = "ground_truth") -> Figure:
                for j, v in enumerate(values.tolist())}
     fig = Figure(figsize=(6, 5), layout="constrained")
     ax = fig.subplots()
-    labelled = set()
-    for i in range(len(rates)):
+    labelled, starts, start_colours = set(), [], []
+    for i in range(min(len(rates), max_trials)):
         pcs = (rates[i][valid[i]] - mean) @ vt[:2].T
         if not len(pcs):
             continue
@@ -154,7 +155,10 @@ def pca_trajectories(act: Activity, color_by: str = "ground_truth") -> Figure:
         label = f"{color_by}={key}" if cond is not None and key not in labelled else None
         labelled.add(key)
         ax.plot(pcs[:, 0], pcs[:, 1], color=colours[key], lw=1, alpha=0.8, label=label)
-        ax.scatter(pcs[0, 0], pcs[0, 1], color=colours[key], marker="o", s=15, zorder=3)
+        starts.append(pcs[0])
+        start_colours.append(colours[key])
+    if starts:
+        ax.scatter(*np.array(starts).T, c=start_colours, marker="o", s=15, zorder=3)
     if cond is not None:
         ax.legend(fontsize=8)
     ax.set_xlabel("PC1")
@@ -214,16 +218,16 @@ def _logistic_fit(x: np.ndarray, y: np.ndarray, ridge: float = 1e-3) -> np.ndarr
 
 
 def psychometric_curve(act: Activity, strength: str = "coh") -> Figure | None:
-    """Fraction of trials choosing 2 vs signed strength (negative for ground truth 1).
+    """Fraction of trials choosing 2 vs signed strength (negative when the correct choice is 1).
 
     The denominator is all trials at a level (no-choice trials count as not choosing 2).
     Returns None unless this is a 2-choice classification record with ``choice``,
-    ``cond_ground_truth`` and ``cond_<strength>``.
+    ``target_choice`` (the correct class in the decision period) and ``cond_<strength>``.
     """
     key = f"cond_{strength}"
-    if not (_is_classification(act) and "choice" in act and key in act and "cond_ground_truth" in act):
+    if not (_is_classification(act) and "choice" in act and key in act and "target_choice" in act):
         return None
-    gt = np.asarray(act["cond_ground_truth"])
+    gt = np.asarray(act["target_choice"])
     if not set(np.unique(gt).tolist()) <= {1, 2}:
         return None
     signed = np.where(gt == 1, -1.0, 1.0) * np.asarray(act[key], float)
@@ -238,7 +242,7 @@ def psychometric_curve(act: Activity, strength: str = "coh") -> Figure | None:
     ax.plot(xs, 1 / (1 + np.exp(-(bias + slope * xs / scale))), color="C0", label="logistic fit")
     ax.plot(levels, frac, "o", color="k", label="data")
     ax.set_ylim(-0.05, 1.05)
-    ax.set_xlabel(f"signed {strength} (− = ground truth 1, + = 2)")
+    ax.set_xlabel(f"signed {strength} (− = correct choice 1, + = 2)")
     ax.set_ylabel("fraction choosing 2")
     ax.set_title(f"Psychometric curve (n={len(signed)} trials)")
     ax.legend(fontsize=8)

@@ -25,6 +25,7 @@ from .engines import ENGINES
 from .structure import NetworkConfig, Structure
 
 FORMAT = "nn4n.CTRNN/1"
+TAU_MARGIN = 1e-3  # a learned tau stays >= dt * (1 + TAU_MARGIN): dt/tau < 1 even in float32
 
 
 class SignedMask(nn.Module):
@@ -97,8 +98,9 @@ class CTRNN(nn.Module):
         self.register_buffer("sign", torch.as_tensor(st.sign, dtype=torch.float32))
         self.register_buffer("noise_std", torch.as_tensor(st.noise))
         tau = torch.as_tensor(st.tau)
-        if config.learn_tau:  # tau = dt + softplus(raw) keeps dt/tau in (0, 1)
-            self.tau_raw = nn.Parameter(_softplus_inverse((tau - config.dt).clamp_min(1e-3)))
+        if config.learn_tau:  # tau = dt (1 + margin) + softplus(raw) keeps dt/tau in (0, 1)
+            floor = config.dt * (1 + TAU_MARGIN)
+            self.tau_raw = nn.Parameter(_softplus_inverse((tau - floor).clamp_min(1e-3)))
         else:
             self.register_buffer("tau_fixed", tau)
         self.h0 = nn.Parameter(torch.zeros(n)) if config.learn_h0 else None
@@ -147,9 +149,13 @@ class CTRNN(nn.Module):
 
     @property
     def tau(self) -> torch.Tensor:
-        """Time constant of every neuron (ms)."""
+        """Time constant of every neuron (ms); learned: ``dt (1 + TAU_MARGIN) + softplus(tau_raw)``.
+
+        The margin keeps ``tau > dt`` once rounded to float32, where ``dt + softplus(raw)`` would
+        round to ``dt`` (``alpha == 1``) for a raw value pushed far below zero.
+        """
         if self.config.learn_tau:
-            return self.config.dt + F.softplus(self.tau_raw)
+            return self.config.dt * (1 + TAU_MARGIN) + F.softplus(self.tau_raw)
         return self.tau_fixed
 
     @property
@@ -201,11 +207,16 @@ class CTRNN(nn.Module):
         noisy = self.training if noise is None else noise
         batch = inputs.shape[0]
         alpha = self.alpha
+        w_in = self.w_in
+        drive = F.linear(inputs, w_in, self.b_rec)
+        # Both noises are white in continuous time, discretised so that their effect on v does not
+        # change with dt: a * (drive + sqrt(2/a) sigma xi) = a * drive + sqrt(2a) sigma xi.
+        # Input noise is on the input features (shared by every neuron that receives a feature),
+        # as in Song et al. 2016 (u + sqrt(2/a) sigma_in xi), with each neuron's own a.
         if noisy and self.config.noise.input > 0:
-            inputs = inputs + self.config.noise.input * torch.randn_like(inputs)
-        drive = F.linear(inputs, self.w_in, self.b_rec)
+            shared = F.linear(torch.randn_like(inputs) * self.config.noise.input, w_in)
+            drive = drive + shared * torch.sqrt(2.0 / alpha)
         if noisy and bool((self.noise_std > 0).any()):
-            # a * (drive + sqrt(2/a) sigma xi) = a * drive + sqrt(2a) sigma xi
             drive = drive + torch.randn_like(drive) * (self.noise_std * torch.sqrt(2.0 / alpha))
         if h0 is None:
             h0 = (self.h0 if self.h0 is not None else drive.new_zeros(self.structure.n_neurons)).expand(batch, -1)

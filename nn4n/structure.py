@@ -57,7 +57,10 @@ class Plasticity:
 
 @dataclass
 class Noise:
-    """Noise standard deviations: ``rec`` on the membrane (scaled sqrt(2 dt/tau)), ``input`` on inputs."""
+    """Noise standard deviations, white in continuous time and scaled with dt so their effect does not
+    depend on it: ``rec`` private to each neuron (``sqrt(2 dt/tau) * rec`` on v per step), ``input``
+    on the input features before ``W_in`` (``sqrt(2 tau/dt) * input`` per step, Song et al. 2016).
+    With no weights, ``rec`` alone gives v a stationary std of ~``rec``."""
 
     rec: float = 0.0
     input: float = 0.0
@@ -147,8 +150,25 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise ValueError(f"{key}: {message}")
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number(value: Any, key: str) -> None:
+    """A real number (YAML 1.1 reads ``1e2`` as a string: say so instead of a TypeError later)."""
+    _check(_is_number(value), key, f"must be a number, got {value!r}")
+
+
+def _integer(value: Any, key: str) -> None:
+    _check(isinstance(value, int) and not isinstance(value, bool) and value > 0, key, f"must be an integer > 0, got {value!r}")
+
+
 def _unit(value: Any, key: str) -> None:
-    _check(isinstance(value, (int, float)) and 0.0 <= value <= 1.0, key, f"must be in [0, 1], got {value!r}")
+    _check(_is_number(value) and 0.0 <= value <= 1.0, key, f"must be in [0, 1], got {value!r}")
+
+
+def _fraction(value: Any, key: str) -> None:
+    _check(_is_number(value) and 0.0 < value <= 1.0, key, f"must be in (0, 1], got {value!r}")
 
 
 def _validate(cfg: NetworkConfig) -> None:
@@ -159,16 +179,20 @@ def _validate(cfg: NetworkConfig) -> None:
     def known(area: Any, key: str) -> None:
         _check(area in cfg.areas, key, f"unknown area {area!r}; areas: {', '.join(names)}")
 
+    _number(cfg.dt, "dt")
     _check(cfg.dt > 0, "dt", f"must be > 0, got {cfg.dt!r}")
+    _number(cfg.tau, "tau")
     _check(cfg.tau >= cfg.dt, "tau", f"must be >= dt={cfg.dt} so that dt/tau <= 1, got {cfg.tau!r}")
     _unit(cfg.exc_frac, "exc_frac")
     for name, area in cfg.areas.items():
-        _check(isinstance(area.size, int) and area.size > 0, f"areas.{name}.size", f"must be an integer > 0, got {area.size!r}")
+        _integer(area.size, f"areas.{name}.size")
         if area.exc_frac is not None:
             _unit(area.exc_frac, f"areas.{name}.exc_frac")
         if area.tau is not None:
+            _number(area.tau, f"areas.{name}.tau")
             _check(area.tau >= cfg.dt, f"areas.{name}.tau", f"must be >= dt={cfg.dt} so that dt/tau <= 1, got {area.tau!r}")
         if area.noise is not None:
+            _number(area.noise, f"areas.{name}.noise")
             _check(area.noise >= 0, f"areas.{name}.noise", f"must be >= 0, got {area.noise!r}")
     _unit(cfg.density.within, "density.within")
     _unit(cfg.density.between, "density.between")
@@ -177,27 +201,29 @@ def _validate(cfg: NetworkConfig) -> None:
         for pre, value in row.items():
             known(pre, f"projections.{to}.{pre}")
             _unit(value, f"projections.{to}.{pre}")
-    _check(isinstance(cfg.input_size, int) and cfg.input_size > 0, "input_size", f"must be an integer > 0, got {cfg.input_size!r}")
-    _check(isinstance(cfg.output_size, int) and cfg.output_size > 0, "output_size", f"must be an integer > 0, got {cfg.output_size!r}")
+    _integer(cfg.input_size, "input_size")
+    _integer(cfg.output_size, "output_size")
     for i, area in enumerate(cfg.input_areas):
         known(area, f"input_areas[{i}]")
     for i, area in enumerate(cfg.readout_areas):
         known(area, f"readout_areas[{i}]")
     for group, spec in cfg.input_groups.items():
-        _check(isinstance(spec.size, int) and spec.size > 0, f"input_groups.{group}.size", f"must be an integer > 0, got {spec.size!r}")
+        _integer(spec.size, f"input_groups.{group}.size")
         _check(len(spec.areas) > 0, f"input_groups.{group}.areas", "must name at least one area")
         for i, area in enumerate(spec.areas):
             known(area, f"input_groups.{group}.areas[{i}]")
     if cfg.input_groups:
         total = sum(g.size for g in cfg.input_groups.values())
         _check(total == cfg.input_size, "input_groups", f"sizes sum to {total} but input_size is {cfg.input_size}")
-    _unit(cfg.input_frac, "input_frac")
-    _unit(cfg.readout_frac, "readout_frac")
-    _check(cfg.input_frac > 0, "input_frac", "must be > 0")
-    _check(cfg.readout_frac > 0, "readout_frac", "must be > 0")
+    _fraction(cfg.input_frac, "input_frac")
+    _fraction(cfg.readout_frac, "readout_frac")
     _check(cfg.long_range in PROJECTING, "long_range", f"must be one of {', '.join(PROJECTING)}, got {cfg.long_range!r}")
     _check(cfg.readout_from in PROJECTING, "readout_from", f"must be one of {', '.join(PROJECTING)}, got {cfg.readout_from!r}")
     _check(cfg.activation in ACTIVATIONS, "activation", f"must be one of {', '.join(ACTIVATIONS)}, got {cfg.activation!r}")
+    for key in ("rec", "input"):
+        _number(getattr(cfg.noise, key), f"noise.{key}")
+    for key in ("spectral_radius", "input_scale", "readout_scale"):
+        _number(getattr(cfg.init, key), f"init.{key}")
     _check(cfg.noise.rec >= 0, "noise.rec", f"must be >= 0, got {cfg.noise.rec!r}")
     _check(cfg.noise.input >= 0, "noise.input", f"must be >= 0, got {cfg.noise.input!r}")
     _check(cfg.init.dist in INIT_DISTRIBUTIONS, "init.dist", f"must be one of {', '.join(INIT_DISTRIBUTIONS)}, got {cfg.init.dist!r}")

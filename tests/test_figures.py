@@ -53,6 +53,7 @@ def act() -> dict[str, np.ndarray]:
         "dt": np.array(20.0),
         "choice": choice,
         "cond_ground_truth": gt,
+        "target_choice": gt,
         "cond_coh": coh,
         **{f"epoch_{k}": np.tile(v, (n_trials, 1)) for k, v in epochs.items()},
     }
@@ -145,7 +146,7 @@ def test_psychometric_curve(act):
     fig = figures.psychometric_curve(act)
     ax = fig.axes[0]
     data = next(line for line in ax.get_lines() if line.get_label() == "data")
-    signed = np.where(act["cond_ground_truth"] == 1, -act["cond_coh"], act["cond_coh"])
+    signed = np.where(act["target_choice"] == 1, -act["cond_coh"], act["cond_coh"])
     levels = np.unique(signed)
     expected = [np.mean(act["choice"][signed == lv] == 2) for lv in levels]
     np.testing.assert_allclose(data.get_xdata(), levels)

@@ -1,0 +1,59 @@
+"""Held-out evaluation: task performance and the activity record saved as ``.npz``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import TrialBatch
+from .metrics import choices, decision_accuracy, decision_targets, masked_mse, task_loss
+from .model import CTRNN, Activity
+
+
+@torch.no_grad()
+def evaluate(model: CTRNN, batch: TrialBatch, kind: str) -> tuple[dict[str, float], torch.Tensor, Activity]:
+    """Run held-out trials without noise; metrics are ``loss`` and ``accuracy`` or ``mse``."""
+    was_training = model.training
+    model.eval()
+    outputs, activity = model(batch.inputs)
+    model.train(was_training)
+    metrics = {"loss": task_loss(outputs, batch, kind).item()}
+    if kind == "classification":
+        metrics["accuracy"] = decision_accuracy(outputs, batch)
+    else:
+        metrics["mse"] = masked_mse(outputs, batch)
+    return metrics, outputs, activity
+
+
+def activity_record(model: CTRNN, batch: TrialBatch, outputs: torch.Tensor, activity: Activity, kind: str) -> dict[str, np.ndarray]:
+    """Everything needed to study the network offline, as numpy arrays (see README for the keys)."""
+    st = model.structure
+    weights = {name: w.cpu().numpy() for name, w in model.weights().items()}
+    record = {
+        "rates": activity.rates.cpu().numpy(),
+        "inputs": batch.inputs.cpu().numpy(),
+        "outputs": outputs.cpu().numpy(),
+        "targets": batch.targets.cpu().numpy(),
+        "mask": batch.mask.cpu().numpy(),
+        "lengths": batch.lengths.cpu().numpy(),
+        **weights,
+        "sign": st.sign,
+        "area": st.area,
+        "area_names": np.array(st.area_names),
+        "tau": model.tau.detach().cpu().numpy(),
+        "dt": np.array(model.config.dt),
+        **{f"cond_{k}": v for k, v in batch.conditions.items()},
+        **{f"epoch_{k}": v for k, v in batch.epochs.items()},
+    }
+    if kind == "classification":
+        record["choice"] = choices(outputs, batch).cpu().numpy()
+        record["target_choice"] = decision_targets(batch).cpu().numpy()
+    return record
+
+
+def save_activity(path: Path, record: dict[str, np.ndarray]) -> None:
+    """Write ``record`` as a compressed ``.npz`` atomically."""
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, **record)
+    tmp.replace(path)

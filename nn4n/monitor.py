@@ -1,0 +1,84 @@
+"""TensorBoard logging of a run: losses, activity per area and E/I population, weights, figures."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
+from . import figures
+from .model import CTRNN, Activity
+
+SILENT_RATE = 1e-3  # a neuron whose mean rate is below this is counted as silent
+
+
+def _populations(model: CTRNN) -> list[tuple[str, str | None]]:
+    """(area, population) pairs present in the network; population None when unconstrained."""
+    st = model.structure
+    pairs = []
+    for area in st.area_names:
+        signs = set(st.sign[st.indices(area)].tolist())
+        pairs += [(area, p) for p, s in (("E", 1), ("I", -1)) if s in signs] or [(area, None)]
+    return pairs
+
+
+class Monitor:
+    """A ``SummaryWriter`` that knows how to log an nn4n network.
+
+    ``purge_step`` (on resume) drops events at or after that step left by an interrupted run.
+    """
+
+    def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
+
+    def scalars(self, step: int, values: Mapping[str, float], prefix: str = "") -> None:
+        for key, value in values.items():
+            self.writer.add_scalar(prefix + key, value, step)
+
+    def activity(self, step: int, model: CTRNN, activity: Activity, valid: torch.Tensor) -> None:
+        """Mean rate per area x population, fraction of silent neurons per area, spectral radius."""
+        mean = ((activity.rates * valid[..., None]).sum((0, 1)) / valid.sum().clamp_min(1)).detach().cpu().numpy()
+        st = model.structure
+        for area, pop in _populations(model):
+            idx = st.indices(area, pop)
+            self.writer.add_scalar(f"rates/{area}" + (f"/{pop}" if pop else ""), float(mean[idx].mean()), step)
+        for area in st.area_names:
+            self.writer.add_scalar(f"silent/{area}", float((mean[st.indices(area)] < SILENT_RATE).mean()), step)
+        self.writer.add_scalar("weights/spectral_radius", model.spectral_radius(), step)
+
+    def histograms(self, step: int, model: CTRNN, activity: Activity, valid: torch.Tensor) -> None:
+        """Existing synapses of every (post, pre) block and of input/readout; per-neuron mean rates per area."""
+        st = model.structure
+        w = {k: v.cpu().numpy() for k, v in model.weights().items()}
+        for to in st.area_names:
+            for pre in st.area_names:
+                block = w["w_rec"][st.area_slices[to], st.area_slices[pre]]
+                mask = st.rec_mask[st.area_slices[to], st.area_slices[pre]]
+                if mask.any():
+                    self.writer.add_histogram(f"w_rec/{to}<-{pre}", block[mask], step)
+        self.writer.add_histogram("w_in", w["w_in"][st.input_mask], step)
+        self.writer.add_histogram("w_out", w["w_out"][st.readout_mask], step)
+        mean = ((activity.rates * valid[..., None]).sum((0, 1)) / valid.sum().clamp_min(1)).detach().cpu().numpy()
+        for area in st.area_names:
+            self.writer.add_histogram(f"neuron_mean_rate/{area}", mean[st.indices(area)], step)
+
+    def figures(self, step: int, record: Mapping[str, np.ndarray]) -> None:
+        for name, fig in figures.all_figures(dict(record)).items():
+            self.writer.add_figure(f"figures/{name}", fig, step)
+
+    def text(self, tag: str, text: str) -> None:
+        self.writer.add_text(tag, text)
+
+    def hparams(self, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        """Write the HParams summary into this run (not a sub-run), so the sweep view finds it."""
+        clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
+        for summary in hparams(clean, {f"hparam/{k}": v for k, v in metrics.items()}):
+            self.writer.file_writer.add_summary(summary)
+        for key, value in metrics.items():
+            self.writer.add_scalar(f"hparam/{key}", value)
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,0 +1,211 @@
+"""Tasks by name: NeuroGym tasks, nn4n tasks (package `nn4n_tasks`) and user task folders.
+
+Every `neurogym.core.TrialEnv` subclass defined in a module of `nn4n_tasks`, or in a `*.py`
+file of a user task folder (`task_dirs` or the `NN4N_TASK_PATH` environment variable), is
+registered with gymnasium as "<ClassName>-v0", so it is made like any NeuroGym task.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import os
+import pkgutil
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import gymnasium as gym
+import neurogym
+import numpy as np
+from gymnasium.envs.registration import load_env_creator
+from neurogym.core import TrialEnv
+from neurogym.envs.registration import all_envs
+
+import nn4n_tasks
+
+TASK_PATH_ENV = "NN4N_TASK_PATH"
+_user_files: dict[Path, list[str]] = {}  # imported user task file -> ids it registered
+
+
+def _register_module(module: ModuleType, source: str) -> list[str]:
+    """Register the TrialEnv subclasses defined in `module` as "<ClassName>-v0"."""
+    ids = []
+    for cls_name, cls in inspect.getmembers(module, inspect.isclass):
+        if not issubclass(cls, TrialEnv) or cls.__module__ != module.__name__:
+            continue
+        env_id, entry_point = f"{cls_name}-v0", f"{module.__name__}:{cls_name}"
+        spec = gym.registry.get(env_id)
+        if spec is None:
+            gym.register(env_id, entry_point=entry_point)
+        elif spec.entry_point != entry_point:
+            raise ValueError(f"{source}: {env_id} is already registered by {spec.entry_point}")
+        ids.append(env_id)
+    return ids
+
+
+@functools.cache
+def _nn4n_ids() -> tuple[str, ...]:
+    """Import every module of `nn4n_tasks` and register its tasks (once per process)."""
+    ids: list[str] = []
+    for info in pkgutil.iter_modules(nn4n_tasks.__path__, "nn4n_tasks."):
+        ids += _register_module(importlib.import_module(info.name), "nn4n_tasks")
+    return tuple(ids)
+
+
+@functools.cache
+def _neurogym_ids() -> tuple[str, ...]:
+    return tuple(all_envs(tag="supervised"))
+
+
+def _import_file(path: Path) -> ModuleType:
+    """Import a user task file under a module name unique to its path."""
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    name = f"nn4n_user_task_{path.stem}_{digest}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        del sys.modules[name]
+        raise ValueError(f"task.dirs: cannot import '{path}': {type(e).__name__}: {_one_line(e)}") from e
+    return module
+
+
+def _user_ids(task_dirs: Sequence[str | Path]) -> list[str]:
+    """Import and register the task files of `task_dirs` and of $NN4N_TASK_PATH."""
+    dirs = [*task_dirs, *filter(None, os.environ.get(TASK_PATH_ENV, "").split(os.pathsep))]
+    ids: list[str] = []
+    for d in dirs:
+        folder = Path(d).expanduser().resolve()
+        if not folder.is_dir():
+            raise ValueError(f"task.dirs: '{d}' is not a directory")
+        for path in sorted(folder.glob("*.py")):
+            if path not in _user_files:
+                _user_files[path] = _register_module(_import_file(path), f"task.dirs: '{path}'")
+            ids += _user_files[path]
+    return ids
+
+
+def available_tasks(task_dirs: Sequence[str | Path] = ()) -> list[str]:
+    """Supervised NeuroGym task ids, nn4n task ids and the user tasks of `task_dirs`, sorted."""
+    return sorted({*_neurogym_ids(), *_nn4n_ids(), *_user_ids(task_dirs)})
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+def _plain(value: Any) -> Any:
+    """Config containers (e.g. OmegaConf lists) to plain lists, recursively."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _check_params(name: str, params: Mapping[str, Any]) -> None:
+    """Raise unless task `name` is a TrialEnv whose constructor accepts the keywords `params`."""
+    for key in ("dt", "timing"):
+        if key in params:
+            raise ValueError(f"task.params: '{key}' is set by task.{key}, not task.params")
+    entry_point = gym.registry[name].entry_point
+    creator = load_env_creator(entry_point) if isinstance(entry_point, str) else entry_point
+    if isinstance(creator, type):
+        if not issubclass(creator, TrialEnv):
+            raise ValueError(f"task.name: {name} is not a neurogym TrialEnv (it is {creator.__name__})")
+        creator = creator.__init__  # the class signature is hidden by TrialEnv's metaclass
+    parameters = inspect.signature(creator).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return
+    accepted = [p for p in parameters if p not in ("self", "dt", "timing")]
+    for key in params:
+        if key not in accepted:
+            raise ValueError(f"task.params: unknown parameter '{key}' for {name}; accepted: {', '.join(accepted)}")
+
+
+def _build(name: str, kwargs: dict[str, Any]) -> TrialEnv:
+    try:
+        env = neurogym.make(name, **kwargs).unwrapped
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"task.params: cannot make {name}: {_one_line(e)}") from e
+    if not isinstance(env, TrialEnv):
+        raise ValueError(f"task.name: {name} is not a neurogym TrialEnv (it is {type(env).__name__})")
+    return env
+
+
+def make_task(
+    name: str,
+    dt: float,
+    timing: Mapping[str, Any] | None = None,
+    params: Mapping[str, Any] | None = None,
+    task_dirs: Sequence[str | Path] = (),
+) -> TrialEnv:
+    """Make the unwrapped TrialEnv of task `name` with time step `dt` (ms).
+
+    `timing` overrides entries of the task's timing dict, `params` are extra constructor
+    keyword arguments, `task_dirs` are folders of user task files (besides $NN4N_TASK_PATH).
+    Raises ValueError with a one-line message on a bad name, folder, period or parameter.
+    """
+    known = available_tasks(task_dirs)
+    if name not in gym.registry:
+        raise ValueError(f"task.name: unknown task '{name}'; known: {', '.join(known)}")
+    params = dict(params or {})
+    _check_params(name, params)
+    env = _build(name, {**params, "dt": dt})
+    if timing:
+        for period in timing:
+            if period not in env.timing:
+                raise ValueError(
+                    f"task.timing: unknown period '{period}' for {name}; periods: {', '.join(env.timing)}"
+                )
+        env = _build(name, {**params, "dt": dt, "timing": {k: _plain(v) for k, v in timing.items()}})
+    return env
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Sizes and names of a task's inputs and outputs."""
+
+    name: str
+    n_inputs: int
+    n_outputs: int
+    kind: str  # "classification" (Discrete action space) or "regression"
+    input_names: dict[str, list[int]]
+    output_names: dict[str, list[int]]
+    decision_period: str | None
+    dt: float
+
+
+def _names(space: gym.Space) -> dict[str, list[int]]:
+    names = getattr(space, "name", None) or {}
+    return {k: [int(v)] if np.isscalar(v) else [int(i) for i in v] for k, v in names.items()}
+
+
+def describe(env: TrialEnv, decision_period: str | None = "decision") -> TaskSpec:
+    """TaskSpec of `env`; decision_period is None if the task has no such period.
+
+    Draws one trial from `env` if none was drawn yet, to learn its periods.
+    """
+    if not env.start_ind:
+        env.new_trial()
+    discrete = isinstance(env.action_space, gym.spaces.Discrete)
+    return TaskSpec(
+        name=env.spec.id if env.spec else type(env).__name__,
+        n_inputs=int(np.prod(env.observation_space.shape)),
+        n_outputs=int(env.action_space.n) if discrete else int(np.prod(env.action_space.shape)),
+        kind="classification" if discrete else "regression",
+        input_names=_names(env.observation_space),
+        output_names=_names(env.action_space),
+        decision_period=decision_period if decision_period in {*env.timing, *env.start_ind} else None,
+        dt=float(env.dt),
+    )
+
+
+_nn4n_ids()

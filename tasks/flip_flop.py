@@ -1,0 +1,62 @@
+"""N-bit flip-flop working memory."""
+
+from typing import Any
+
+import numpy as np
+from neurogym.core import TrialEnv
+from neurogym.utils import spaces
+
+
+class FlipFlop(TrialEnv):
+    """Remember the sign of the last pulse on each channel (Sussillo & Barak 2013).
+
+    Each of `n_bits` input channels receives sparse one-step pulses of +1 or -1 (each step,
+    each channel, with probability pulse_rate * dt / 1000). The target of each channel is
+    the sign of its last pulse, the pulse on the current step included; 0 before its first pulse.
+
+    Args:
+        dt: time step in ms.
+        timing: period durations in ms (`stimulus`), NeuroGym timing syntax.
+        n_bits: number of channels.
+        pulse_rate: pulses per second on each channel.
+    """
+
+    metadata = {  # noqa: RUF012
+        "paper_link": "https://doi.org/10.1162/NECO_a_00409",
+        "paper_name": "Opening the black box: low-dimensional dynamics in high-dimensional recurrent neural networks",
+        "description": "Each output holds the sign of the last +1/-1 pulse on its input channel.",
+        "render_modes": [],
+        "tags": ["working memory", "continuous action space", "multidimensional action space", "supervised"],
+    }
+
+    def __init__(
+        self,
+        dt: float = 20,
+        timing: dict[str, Any] | None = None,
+        n_bits: int = 3,
+        pulse_rate: float = 2.5,
+    ) -> None:
+        super().__init__(dt=dt)
+        self.n_bits = n_bits
+        self.pulse_prob = pulse_rate * dt / 1000
+        self.timing = {"stimulus": 2000}
+        if timing:
+            self.timing.update(timing)
+        names = {f"bit{i}": i for i in range(n_bits)}
+        self.observation_space = spaces.Box(-1.0, 1.0, shape=(n_bits,), dtype=np.float32, name=names)
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(n_bits,), dtype=np.float32, name=names)
+
+    def _new_trial(self, **kwargs: Any) -> dict[str, Any]:
+        self.add_period("stimulus")
+        n = self.end_ind["stimulus"] - self.start_ind["stimulus"]
+        pulsed = self.rng.rand(n, self.n_bits) < self.pulse_prob
+        pulses = np.where(pulsed, self.rng.choice([-1.0, 1.0], size=(n, self.n_bits)), 0.0)
+        # Index of each channel's last pulse up to each step (-1 before the first one).
+        last = np.maximum.accumulate(np.where(pulsed, np.arange(n)[:, None], -1), axis=0)
+        held = np.where(last >= 0, pulses[np.maximum(last, 0), np.arange(self.n_bits)], 0.0)
+        self.add_ob(pulses, "stimulus")
+        self.set_groundtruth(held, "stimulus")
+        return {"n_pulses": int(pulsed.sum()), **kwargs}
+
+    def _step(self, action: np.ndarray) -> tuple:
+        return self.ob_now, 0.0, False, False, {"new_trial": False, "gt": self.gt_now}

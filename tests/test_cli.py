@@ -1,0 +1,115 @@
+"""End-to-end ``nn4n-train`` in a subprocess: run directory, TensorBoard events, arrays, errors."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from nn4n import CTRNN
+from nn4n.checkpoint import load_checkpoint
+
+
+def nn4n_train(*overrides: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "nn4n", *overrides],
+        cwd=cwd, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def debug_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real debug run, from a working directory that is not the repository."""
+    cwd = tmp_path_factory.mktemp("cwd")
+    run = nn4n_train("debug=fast", "arch=two_area", "seed=3", "hydra.run.dir=run", cwd=cwd)
+    assert run.returncode == 0, run.stderr
+    return cwd / "run"
+
+
+def test_run_directory(debug_run: Path) -> None:
+    names = {p.name for p in debug_run.iterdir()}
+    assert {".hydra", "nn4n.log", "checkpoints", "tensorboard", "metrics.json", "activity.npz"} <= names
+    assert {"last.pt", "best.pt"} <= {p.name for p in (debug_run / "checkpoints").iterdir()}
+    metrics = json.loads((debug_run / "metrics.json").read_text())
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["steps"] == 20
+    assert "step 20 eval" in (debug_run / "nn4n.log").read_text()
+
+
+def test_tensorboard_events(debug_run: Path) -> None:
+    acc = EventAccumulator(str(debug_run / "tensorboard"), size_guidance={"scalars": 0, "images": 0}).Reload()
+    tags = acc.Tags()
+    for tag in ["loss/task", "loss/total", "train/lr", "train/grad_norm", "eval/accuracy", "eval/loss",
+                "rates/sensory/E", "rates/sensory/I", "rates/motor/E", "silent/motor", "weights/spectral_radius"]:
+        assert tag in tags["scalars"], tag
+    assert [e.step for e in acc.Scalars("loss/task")] == [5, 10, 15, 20]
+    assert all(np.isfinite(e.value) and e.value > 0 for e in acc.Scalars("loss/task"))
+    for tag in ["w_rec/motor<-sensory", "w_rec/sensory<-motor", "w_in", "w_out", "neuron_mean_rate/motor"]:
+        assert tag in tags["histograms"], tag
+    assert {"figures/activity", "figures/connectivity", "figures/pca", "figures/trial_io", "figures/psychometric"} <= set(tags["images"])
+    metrics = json.loads((debug_run / "metrics.json").read_text())
+    assert acc.Scalars("hparam/accuracy")[-1].value == pytest.approx(metrics["accuracy"])
+    assert acc.Scalars("eval/accuracy")[-1].value == pytest.approx(metrics["accuracy"])
+    assert "config" in " ".join(tags["tensors"])  # resolved config as text
+
+
+def test_activity_arrays_show_biology(debug_run: Path) -> None:
+    act = np.load(debug_run / "activity.npz")
+    n_trials, n_steps, n = act["rates"].shape
+    assert n_trials == 32 and n == 192 and act["w_rec"].shape == (n, n)
+    for key in ["inputs", "outputs", "targets", "mask", "w_in", "w_out", "sign", "area", "choice", "cond_ground_truth", "epoch_decision"]:
+        assert key in act.files, key
+    sign, w_rec, w_out, area = act["sign"], act["w_rec"], act["w_out"], act["area"]
+    assert (w_rec[:, sign > 0] >= 0).all() and (w_rec[:, sign < 0] <= 0).all()  # Dale, post x pre
+    assert (w_out[:, sign < 0] == 0).all()  # readout from excitatory neurons only
+    assert set(area) == {"sensory", "motor"}
+    inhibitory_sensory = (area == "sensory") & (sign < 0)
+    assert (w_rec[np.ix_(area == "motor", inhibitory_sensory)] == 0).all()  # only E project between areas
+    assert (w_out[:, area == "sensory"] == 0).all() and (act["w_in"][area == "motor"] == 0).all()
+    density = (w_rec[np.ix_(area == "motor", (area == "sensory") & (sign > 0))] != 0).mean()
+    assert density == pytest.approx(0.2, abs=0.01)
+
+
+def test_checkpoints_reload(debug_run: Path) -> None:
+    model = CTRNN.load(debug_run / "checkpoints" / "best.pt")
+    state = load_checkpoint(debug_run / "checkpoints" / "last.pt")
+    assert state["step"] == 20 and state["config"]["seed"] == 3
+    final = CTRNN(model.config)
+    final.load_state_dict(state["model"])
+    act = np.load(debug_run / "activity.npz")
+    np.testing.assert_allclose(final.w_rec.detach().numpy(), act["w_rec"])
+    outputs, _ = final.eval()(torch.as_tensor(act["inputs"][:4]))
+    np.testing.assert_allclose(outputs.detach().numpy(), act["outputs"][:4], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.lr=-1", "train.lr"),
+        ("train.optimizr=adam", "train.optimizr"),
+        ("train.steps=many", "train.steps"),
+        ("task.name=NoSuchTask-v0", "task.name"),
+        ("model.areas.hidden.size=0", "model.areas.hidden.size"),
+        ("+model.projections.PFC.hidden=0.1", "model.projections.PFC"),
+        ("model.tau=5", "model.tau"),
+    ],
+)
+def test_config_errors(tmp_path: Path, override: str, key: str) -> None:
+    run = nn4n_train("debug=fast", override, "hydra.run.dir=run", cwd=tmp_path)
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0] and "Traceback" not in run.stderr
+    assert not (tmp_path / "run").exists()  # nothing half-written left behind
+
+
+@pytest.mark.slow
+def test_default_network_learns(tmp_path: Path) -> None:
+    """The default E/I network on PerceptualDecisionMaking, briefly trained, is far above chance (0.5)."""
+    run = nn4n_train("train.steps=300", "train.eval_every=300", "logging=minimal", "hydra.run.dir=run", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["accuracy"] >= 0.75

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu,
@@ -38,8 +39,6 @@ def reference(
         rates.append(r)
         preacts.append(v)
     return torch.stack(rates, 1), (torch.stack(preacts, 1) if return_preact else None)
-
-
 
 
 def _activate(name: str, v: torch.Tensor, out: torch.Tensor) -> None:
@@ -96,14 +95,15 @@ class _Fused(torch.autograd.Function):
             v, r = v_new, rates[:, t]
             _activate(activation, v, r)
         ctx.activation = activation
-        ctx.save_for_backward(h0, w_rec, alpha, rates, preact if keep_v else None, z_all)
+        ctx.save_for_backward(h0, r0, w_rec, alpha, rates, preact if keep_v else None, z_all)
         return rates, (preact if return_preact else None)
 
     @staticmethod
+    @once_differentiable
     def backward(  # type: ignore[override]
         ctx: Any, g_rates: torch.Tensor, g_preact: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
-        h0, w_rec, alpha, rates, preact, z_all = ctx.saved_tensors
+        h0, r0, w_rec, alpha, rates, preact, z_all = ctx.saved_tensors
         b, t_len, n = rates.shape
         a = alpha.expand(n)
         one_minus_a = 1 - a
@@ -122,7 +122,6 @@ class _Fused(torch.autograd.Function):
         need = ctx.needs_input_grad
         g_h0 = g_w = g_alpha = None
         if need[1]:
-            r0 = ACTIVATIONS[ctx.activation](h0)
             g_h0 = (gv[:, 0] @ w_a).mul_(_derivative(ctx.activation, r0, h0)).addcmul_(one_minus_a, gv[:, 0])
         if need[3]:
             scratch = deriv
@@ -133,7 +132,7 @@ class _Fused(torch.autograd.Function):
         if need[2]:
             r_prev = deriv  # reuse the buffer: r_{t-1} for every step
             r_prev[:, 1:] = rates[:, :-1]
-            r_prev[:, 0] = ACTIVATIONS[ctx.activation](h0)
+            r_prev[:, 0] = r0
             g_w = gv.reshape(-1, n).t() @ r_prev.reshape(-1, n)
         return gv, g_h0, g_w, g_alpha, None, None
 

@@ -97,6 +97,7 @@ class CTRNN(nn.Module):
         n = st.n_neurons
         self.register_buffer("sign", torch.as_tensor(st.sign, dtype=torch.float32))
         self.register_buffer("noise_std", torch.as_tensor(st.noise))
+        self._rec_noise = bool((st.noise > 0).any())  # known on the host: no device sync per forward
         tau = torch.as_tensor(st.tau)
         if config.learn_tau:  # tau = dt (1 + margin) + softplus(raw) keeps dt/tau in (0, 1)
             floor = config.dt * (1 + TAU_MARGIN)
@@ -216,7 +217,7 @@ class CTRNN(nn.Module):
         if noisy and self.config.noise.input > 0:
             shared = F.linear(torch.randn_like(inputs) * self.config.noise.input, w_in)
             drive = drive + shared * torch.sqrt(2.0 / alpha)
-        if noisy and bool((self.noise_std > 0).any()):
+        if noisy and self._rec_noise:
             drive = drive + torch.randn_like(drive) * (self.noise_std * torch.sqrt(2.0 / alpha))
         if h0 is None:
             h0 = (self.h0 if self.h0 is not None else drive.new_zeros(self.structure.n_neurons)).expand(batch, -1)

@@ -15,6 +15,7 @@ import inspect
 import os
 import pkgutil
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,7 +133,9 @@ def _check_params(name: str, params: Mapping[str, Any]) -> None:
 
 def _build(name: str, kwargs: dict[str, Any]) -> TrialEnv:
     try:
-        env = neurogym.make(name, **kwargs).unwrapped
+        with warnings.catch_warnings():  # gymnasium complains that NeuroGym's metadata lacks render_modes
+            warnings.simplefilter("ignore", UserWarning)
+            env = neurogym.make(name, **kwargs).unwrapped
     except (TypeError, ValueError) as e:
         raise ValueError(f"task.params: cannot make {name}: {_one_line(e)}") from e
     if not isinstance(env, TrialEnv):

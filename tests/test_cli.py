@@ -91,7 +91,7 @@ def test_checkpoints_reload(debug_run: Path) -> None:
     "override, key",
     [
         ("train.lr=-1", "train.lr"),
-        ("train.optimizr=adam", "train.optimizr"),
+        ("+train.optimizr=adam", "train.optimizr"),
         ("train.steps=many", "train.steps"),
         ("task.name=NoSuchTask-v0", "task.name"),
         ("model.areas.hidden.size=0", "model.areas.hidden.size"),
@@ -105,6 +105,14 @@ def test_config_errors(tmp_path: Path, override: str, key: str) -> None:
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and key in lines[0] and "Traceback" not in run.stderr
     assert not (tmp_path / "run").exists()  # nothing half-written left behind
+
+
+@pytest.mark.parametrize("override, key", [("train.optimizr=adam", "train.optimizr"), ("task=no_such_task", "task")])
+def test_hydra_errors_are_short(tmp_path: Path, override: str, key: str) -> None:
+    """Errors Hydra reports itself (unknown override key, unknown group option): short, no traceback."""
+    run = nn4n_train("debug=fast", override, "hydra.run.dir=run", cwd=tmp_path)
+    assert run.returncode != 0 and key in run.stderr and "Traceback" not in run.stderr
+    assert len(run.stderr.strip().splitlines()) <= 40
 
 
 @pytest.mark.slow

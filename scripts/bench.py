@@ -1,0 +1,282 @@
+#!/usr/bin/env python
+"""Time one training iteration (forward + backward + Adam step) of E/I rate networks.
+
+Compares nn4n's engines with a naive per-step loop, ``torch.nn.RNN(relu)`` of the same size and,
+when installed in a separate venv, nn4n 1.1.1 — all in one process, interleaved, best of several
+rounds. Then (full run) the thread count study, peak memory against time and batch, and the
+N=1024 / batch 256 / T=500 check. Prints Markdown tables.
+
+    python scripts/bench.py [--device cpu|cuda] [--threads K] [--quick] [--nn4n1 VENV]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nn4n.engines import ENGINES
+from nn4n.model import CTRNN
+from nn4n.structure import NetworkConfig, Structure
+
+ROOT = Path(__file__).resolve().parents[1]
+N_IN, N_OUT, T_STEPS = 3, 3, 100
+NN4N1 = "nn4n 1.1.1"
+Step = Callable[[], None]
+
+
+def e_i_config(n: int) -> dict:
+    """One fully connected E/I area (80% excitatory, Dale's law), dt/tau = 0.2."""
+    return {"areas": {"net": {"size": n}}, "input_size": N_IN, "output_size": N_OUT, "dale": True}
+
+
+def load_nn4n1(venv: Path) -> type | None:
+    """``nn4n.model.CTRNN`` of nn4n 1.x from ``venv``'s site-packages, without shadowing ours."""
+    sites = sorted(venv.glob("lib/python*/site-packages"))
+    if not sites or not (sites[0] / "nn4n" / "model" / "ctrnn.py").exists():
+        return None
+    ours = {k: sys.modules.pop(k) for k in list(sys.modules) if k.split(".")[0] == "nn4n"}
+    sys.path.insert(0, str(sites[0]))
+    try:
+        return importlib.import_module("nn4n.model").CTRNN
+    finally:
+        sys.path.remove(str(sites[0]))
+        for k in [k for k in sys.modules if k.split(".")[0] == "nn4n"]:
+            del sys.modules[k]
+        sys.modules.update(ours)
+
+
+def naive_forward(m: CTRNN, u: torch.Tensor) -> torch.Tensor:
+    """The textbook loop: input projection and ``(1-a) v + a (...)`` inside every step, then stack."""
+    w_in, w_rec, a = m.w_in, m.w_rec, m.alpha
+    v = u.new_zeros(u.shape[0], w_rec.shape[0])
+    r, rates = F.relu(v), []
+    for t in range(u.shape[1]):
+        v = (1 - a) * v + a * (u[:, t] @ w_in.T + r @ w_rec.T + m.b_rec)
+        r = F.relu(v)
+        rates.append(r)
+    return F.linear(torch.stack(rates, 1), m.w_out, m.b_out)
+
+
+def build(name: str, n: int, batch: int, steps: int, device: torch.device, nn4n1: Path) -> Step:
+    """One training iteration of candidate ``name`` on fixed random data (MSE loss, Adam)."""
+    torch.manual_seed(0)
+    x = torch.randn(batch, steps, N_IN, device=device)
+    y = 0.1 * torch.randn(batch, steps, N_OUT, device=device)
+    model: nn.Module
+    if name in ENGINES or name == "naive loop":
+        model = CTRNN(e_i_config(n), engine=name if name in ENGINES else "reference").to(device)
+        forward = (lambda u: model(u)[0]) if name in ENGINES else (lambda u: naive_forward(model, u))
+    elif name == "torch.nn.RNN":
+        model = nn.ModuleDict({"rnn": nn.RNN(N_IN, n, nonlinearity="relu", batch_first=True), "out": nn.Linear(n, N_OUT)})
+        model.to(device)
+        forward = lambda u: model["out"](model["rnn"](u)[0])  # noqa: E731
+    elif name == NN4N1:
+        cls = load_nn4n1(nn4n1)
+        if cls is None:
+            raise FileNotFoundError(f"nn4n 1.x not found in {nn4n1} (python -m venv {nn4n1} && {nn4n1}/bin/pip install --no-deps nn4n==1.1.1)")
+        st = Structure(NetworkConfig.from_dict(e_i_config(n)))
+        sign = st.sign.astype(np.float32)[:, None]  # 1.x masks are [pre, post]
+        model = cls(
+            dims=[N_IN, n, N_OUT], activation="relu", dt=20, tau=100, biases=[None, "zero", "zero"],
+            ei_masks=[None, np.repeat(sign, n, 1), np.repeat(sign, N_OUT, 1)],
+            sparsity_masks=[None, st.rec_mask.T.astype(np.float32), None],
+        )
+        model.to(device)  # 1.x's .to() returns None
+        x, y = x.transpose(0, 1).contiguous(), y.transpose(0, 1).contiguous()  # 1.x is time-major
+        forward = lambda u: model(u)[0]  # noqa: E731
+    else:
+        raise ValueError(name)
+    model.train()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.mse_loss(forward(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def best_times(steps: dict[str, Step], device: torch.device, rounds: int, budget: float = 0.3) -> dict[str, float]:
+    """Seconds per call of each step: rounds interleaved across candidates, best round kept."""
+    reps = {}
+    for name, step in steps.items():
+        step()  # warm-up (allocations, Adam state)
+        sync(device)
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        reps[name] = max(1, int(budget / (time.perf_counter() - t0)))
+    best = dict.fromkeys(steps, math.inf)
+    for _ in range(rounds):
+        for name, step in steps.items():
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(reps[name]):
+                step()
+            sync(device)
+            best[name] = min(best[name], (time.perf_counter() - t0) / reps[name])
+    return best
+
+
+def _status(key: str) -> int:
+    """A ``/proc/self/status`` field in bytes (VmRSS, VmHWM)."""
+    return 1024 * int(re.search(rf"{key}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+def peak_child(name: str, n: int, batch: int, steps: int, device: str, nn4n1: str) -> None:
+    """(Subprocess) peak memory above the resting state over two iterations, and their best time."""
+    dev = torch.device(device)
+    step = build(name, n, batch, steps, dev, Path(nn4n1))
+    sync(dev)
+    if dev.type == "cuda":
+        base = torch.cuda.memory_allocated(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # resets the RSS high-water mark (VmHWM)
+        base = _status("VmRSS")
+    seconds = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        step()
+        sync(dev)
+        seconds.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else _status("VmHWM")
+    print(json.dumps({"peak": peak - base, "seconds": min(seconds)}))
+
+
+def measure_peak(name: str, n: int, batch: int, steps: int, args: argparse.Namespace) -> dict | None:
+    """Run :func:`peak_child` in a fresh process (so other candidates' memory does not count)."""
+    cmd = [sys.executable, __file__, "--peak", name, str(n), str(batch), str(steps), "--device", args.device,
+           "--threads", str(torch.get_num_threads()), "--nn4n1", str(args.nn4n1)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        print(f"  peak memory of {name} N={n} B={batch} T={steps} failed: {proc.stderr.strip().splitlines()[-1:]}")
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def mib(nbytes: float | None) -> str:
+    return "-" if nbytes is None else f"{nbytes / 2**20:,.0f}"
+
+
+def speed_table(args: argparse.Namespace, device: torch.device) -> None:
+    configs = [(64, 64), (256, 64), (256, 1024)]
+    names = ["fused", "reference", "naive loop", "torch.nn.RNN", NN4N1]
+    print(f"\n### One training iteration, E/I network, T={T_STEPS} (best of {args.rounds} interleaved rounds)\n")
+    print("| N | batch | implementation | ms / iteration | time / fused | peak MiB |")
+    print("|---:|---:|---|---:|---:|---:|")
+    for n, batch in configs:
+        steps = {}
+        for name in names:
+            try:
+                steps[name] = build(name, n, batch, T_STEPS, device, args.nn4n1)
+            except Exception as err:  # e.g. nn4n 1.x not installed: skip the row, say why
+                print(f"| {n} | {batch} | {name} | skipped: {err} | | |")
+        times = best_times(steps, device, args.rounds)
+        for name, sec in times.items():
+            peak = measure_peak(name, n, batch, T_STEPS, args) if args.memory else None
+            print(f"| {n} | {batch} | {name} | {sec * 1e3:,.1f} | {sec / times['fused']:.2f} | {mib(peak and peak['peak'])} |")
+
+
+def spin() -> subprocess.Popen:
+    """A busy process competing for the cores (what a second training job or a test run does)."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def thread_table(args: argparse.Namespace, device: torch.device) -> None:
+    print(f"\n### Torch threads (batch 64, T={T_STEPS}; ms / iteration, best of {args.rounds} interleaved rounds)\n")
+    print("| N | engine | other load | 1 thread | 2 threads | 2 / 1 |")
+    print("|---:|---|---|---:|---:|---:|")
+    for n in (64, 256):
+        for engine in ("fused", "reference"):
+            step = build(engine, n, 64, T_STEPS, device, args.nn4n1)
+            for load in ("none", "1 busy process"):
+                spinner = spin() if load != "none" else None
+                try:
+                    steps = {k: (lambda k=k: (torch.set_num_threads(k), step())[1]) for k in (1, 2)}
+                    times = best_times(steps, device, args.rounds)
+                finally:
+                    if spinner is not None:
+                        spinner.kill()
+                        spinner.wait()
+                print(f"| {n} | {engine} | {load} | {times[1] * 1e3:,.1f} | {times[2] * 1e3:,.1f} | {times[2] / times[1]:.2f} |")
+    torch.set_num_threads(args.threads)
+
+
+def memory_table(args: argparse.Namespace) -> None:
+    n = 256
+    print(f"\n### Peak memory of one training iteration above the resting state, N={n}\n")
+    print("| engine | batch | T | peak MiB | bytes / (neuron x step x trial) |")
+    print("|---|---:|---:|---:|---:|")
+    for engine in ("fused", "reference"):
+        points = []
+        for batch, steps in ((64, 100), (64, 400), (256, 100), (256, 400)):
+            res = measure_peak(engine, n, batch, steps, args)
+            if res:
+                points.append((n * batch * steps, res["peak"]))
+                print(f"| {engine} | {batch} | {steps} | {mib(res['peak'])} | {res['peak'] / (n * batch * steps):.1f} |")
+        if len(points) > 1:
+            slope = np.polyfit(*np.array(points, dtype=float).T, 1)[0]
+            print(f"| {engine} | | | fit: | **{slope:.1f}** |")
+    n, batch, steps = 1024, 256, 500
+    res = measure_peak("fused", n, batch, steps, args)
+    if res:
+        fits = "fits" if res["peak"] < 24 * 2**30 else "does NOT fit"
+        print(f"\nN={n}, batch {batch}, T={steps}, fused: one iteration {res['seconds']:.1f} s, "
+              f"peak {res['peak'] / 2**30:.2f} GiB above rest: {fits} in 24 GiB")
+
+
+def cpu_name() -> str:
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = re.search(r"model name\s*:\s*(.*)", info)
+    return f"{model.group(1) if model else platform.machine()}, {os.cpu_count()} cores"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+    parser.add_argument("--quick", action="store_true", help="speed table only, fewer rounds")
+    parser.add_argument("--nn4n1", type=Path, default=ROOT.parent / "venv-nn4n1", help="venv with nn4n 1.x")
+    parser.add_argument("--peak", nargs=4, metavar=("NAME", "N", "BATCH", "T"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.peak:
+        name, *sizes = args.peak
+        peak_child(name, *map(int, sizes), args.device, str(args.nn4n1))
+        return
+    device = torch.device(args.device)
+    args.rounds = 3 if args.quick else 7
+    args.memory = device.type == "cuda" or Path("/proc/self/clear_refs").exists()
+    what = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    print(f"torch {torch.__version__}, {device} ({what}), {args.threads} threads, load average {os.getloadavg()[0]:.1f}")
+    speed_table(args, device)
+    if not args.quick:
+        if device.type == "cpu":
+            thread_table(args, device)
+        if args.memory:
+            memory_table(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -5,26 +5,50 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
+import warnings
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
-from .config import ConfigError
+from .config import ConfigError, one_line, register_schema
+from .sweep import finished_metrics, sweep_job
 from .train import TrainingError, resolve, train
 
 log = logging.getLogger("nn4n")
+_FULL_ERROR = "NN4N_FULL_ERROR"  # the user's own HYDRA_FULL_ERROR setting
+register_schema()
+# configs/hydra/launcher/submitit_local.yaml spells out the plugin's config of the same name
+warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/submitit_local' is validated against ConfigStore schema")
 
 
-def _check_writable(run_dir: Path) -> None:
-    probe = run_dir / ".write_test"
+def _check_writable(path: Path, key: str = "hydra.run.dir") -> None:
+    """Write a probe file into ``path`` (or its nearest existing parent), creating nothing else."""
+    existing = path.absolute()
+    while not existing.exists():
+        existing = existing.parent
     try:
-        probe.write_bytes(b"0" * 4096)
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=existing) as probe:
+            probe.write(b"0" * 4096)
     except OSError as err:
-        raise ConfigError(f"hydra.run.dir: cannot write to {run_dir}: {err.strerror}") from None
+        raise ConfigError(f"{key}: cannot write to {path}: {err.strerror}") from None
+
+
+def _preflight(argv: list[str]) -> None:
+    """Check an output directory given on the command line before Hydra tries to create it."""
+    for arg in argv:
+        key, _, value = arg.lstrip("+").partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and value:
+            fixed = value.split("${")[0]  # the part before any interpolation
+            if fixed and not fixed.endswith("/") and "${" in value:
+                fixed = str(Path(fixed).parent)
+            _check_writable(Path(fixed or "."), key)
 
 
 def _discard(run_dir: Path) -> None:
@@ -34,33 +58,65 @@ def _discard(run_dir: Path) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://nn4n_configs", config_name="config")
+@sweep_job  # in a sweep: error.txt in a failed job's directory, for nn4n-sweep-summary
 def _main(cfg: DictConfig) -> float:
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         config = resolve(cfg)
         _check_writable(run_dir)
+        done = finished_metrics(run_dir, config) if sweeping else None  # a re-run sweep skips finished jobs
     except ConfigError as err:
-        return _fail(err, run_dir, hydra_cfg.mode, discard=True)
+        if not sweeping:  # a sweep keeps the job's directory: the summary lists it as failed
+            _discard(run_dir)
+        _fail(err)
     try:
-        metrics = train(config, run_dir)
-    except TrainingError as err:
-        return _fail(err, run_dir, hydra_cfg.mode, discard=False)
+        metrics = done or train(config, run_dir)
+    except (ConfigError, TrainingError) as err:
+        log.error("%s", err)  # into the run's log file too
+        _fail(err)
     return metrics.get("accuracy", metrics.get("mse", float("nan")))
 
 
-def _fail(err: Exception, run_dir: Path, mode: RunMode, discard: bool) -> float:
-    """One line on stderr and exit 2; in a sweep, fail only this job."""
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
-        raise err
-    if discard:
-        _discard(run_dir)
-    if mode == RunMode.MULTIRUN:
-        log.error("%s", err)
+def _fail(err: ConfigError | TrainingError) -> NoReturn:
+    """A single run exits here with one line; in a sweep the error fails only this job."""
+    if HydraConfig.get().mode == RunMode.MULTIRUN or os.environ.get(_FULL_ERROR) == "1":
         raise err
     print(f"nn4n-train: error: {err}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(err.exit_code if isinstance(err, TrainingError) else 2)
+
+
+def describe(err: Exception) -> str:
+    """One line for any configuration or training error, Hydra's own included."""
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file and err.options:
+        group, _, name = err.missing_cfg_file.rpartition("/")
+        return f"{group or 'config'}: no option {name!r}; available: {', '.join(err.options)}"
+    if isinstance(err.__cause__, OmegaConfBaseException):
+        return one_line(err.__cause__)
+    if isinstance(err, OmegaConfBaseException):
+        return one_line(err)
+    return str(err).strip().splitlines()[0]
 
 
 def main() -> None:
-    _main()
+    """``nn4n-train``: every error becomes one line on stderr and a non-zero exit (2: bad config).
+
+    ``HYDRA_FULL_ERROR=1`` shows the full traceback instead.
+    """
+    user_setting = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ[_FULL_ERROR] = "1" if user_setting == "1" else ""
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's errors reach this function instead of its report
+    try:
+        _preflight(sys.argv[1:])
+        _main()
+    except (ConfigError, TrainingError, HydraException, OmegaConfBaseException) as err:
+        if user_setting == "1":
+            raise
+        print(f"nn4n-train: error: {describe(err)}", file=sys.stderr)
+        sys.exit(getattr(err, "exit_code", 2))
+    finally:
+        os.environ.pop(_FULL_ERROR)
+        if user_setting is None:
+            os.environ.pop("HYDRA_FULL_ERROR")
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = user_setting

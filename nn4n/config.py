@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -138,7 +139,7 @@ class Config:
     name: str = "run"
 
 
-def _one_line(err: OmegaConfBaseException) -> str:
+def one_line(err: OmegaConfBaseException) -> str:
     """OmegaConf's multi-line messages reduced to 'key: problem'."""
     message = str(err).splitlines()[0]
     key = getattr(err, "full_key", None)
@@ -150,12 +151,28 @@ def _one_line(err: OmegaConfBaseException) -> str:
     return f"{key}: {message}" if key else message
 
 
+def register_schema() -> None:
+    """Make the schema Hydra's base config (``nn4n_schema`` in config.yaml's defaults): every key
+    exists, so any of them can be overridden from the command line without ``+``."""
+    ConfigStore.instance().store(name="nn4n_schema", node=Config)
+
+
+def _reject_targets(node: Any, path: str = "") -> None:
+    """nn4n never instantiates objects named in a config; a ``_target_`` key is an error, not a no-op."""
+    if isinstance(node, (dict, DictConfig)):
+        for key, value in node.items():
+            if key in ("_target_", "_partial_", "_args_"):
+                raise ConfigError(f"{path}{key}: unknown key (configs name values, never code to import)")
+            _reject_targets(value, f"{path}{key}.")
+
+
 def check_schema(cfg: DictConfig | dict) -> DictConfig:
     """Merge ``cfg`` onto the schema: unknown keys and wrong types fail with a one-line ConfigError."""
+    _reject_targets(cfg)
     try:
         return OmegaConf.merge(OmegaConf.structured(Config), cfg)
     except OmegaConfBaseException as err:
-        raise ConfigError(_one_line(err)) from None
+        raise ConfigError(one_line(err)) from None
 
 
 def to_config(cfg: DictConfig) -> Config:
@@ -163,7 +180,7 @@ def to_config(cfg: DictConfig) -> Config:
     try:
         return OmegaConf.to_object(cfg)  # type: ignore[return-value]
     except OmegaConfBaseException as err:
-        raise ConfigError(_one_line(err)) from None
+        raise ConfigError(one_line(err)) from None
     except ValueError as err:  # a schema's own check: model keys are relative to ``model``
         section = str(err).split(".")[0].split(":")[0]
         raise ConfigError(str(err) if section in ("task", "train", "logging") else f"model.{err}") from None

@@ -164,6 +164,7 @@ def batch_stream(
 ) -> Iterator[TrialBatch]:
     """Yield sampler.batch(start), sampler.batch(start + 1), ... forever, prepared ahead by
     `num_workers` DataLoader worker processes (0: in this process)."""
+    sampler.spec  # make the env in this process: forked workers share its initial state
     loader = DataLoader(
         _Steps(sampler, start),
         batch_size=None,
@@ -171,5 +172,6 @@ def batch_stream(
         num_workers=num_workers,
         collate_fn=_identity,
         pin_memory=pin_memory,
+        generator=torch.Generator(),  # worker seeds must not consume the global RNG (resume = identical run)
     )
     yield from loader

@@ -1,12 +1,16 @@
 """One training run: trial batches -> network -> loss -> optimizer step, with logs, checkpoints and activity."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import random
+import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,6 +36,55 @@ EVAL_SEED_OFFSET = 2**31  # held-out trials come from a seed stream training nev
 
 class TrainingError(RuntimeError):
     """Training stopped (e.g. diverged); the message is one line, the last good checkpoint is kept."""
+
+    exit_code = 3
+
+
+class Interrupted(TrainingError):
+    """SIGINT/SIGTERM arrived; a checkpoint of the last finished step was written first."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+# Settings that may differ when a run is resumed; everything else must match the checkpoint.
+RESUMABLE_CHANGES = ("train.steps", "train.device", "train.threads", "train.data_workers", "train.eval_every",
+                     "train.checkpoint_every", "logging.")
+
+
+@contextlib.contextmanager
+def _deferred_signals() -> Iterator[list[int]]:
+    """While training, SIGINT/SIGTERM only record their arrival so the loop can checkpoint and stop."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {s: signal.signal(s, lambda signum, _: received.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _check_resumable(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    for key in sorted(set(saved) | set(current)):
+        if not key.startswith(RESUMABLE_CHANGES) and saved.get(key) != current.get(key):
+            raise ConfigError(
+                f"{key}: is {current.get(key)!r} but the run in {path.parent.parent} was started with "
+                f"{saved.get(key)!r}; use the same value or another hydra.run.dir"
+            )
+
+
+def check_disk_space(cfg: Config, run_dir: Path, n_neurons: int, n_steps: int) -> None:
+    """Fail before training if ``run_dir`` cannot hold the checkpoints and activity arrays."""
+    params = n_neurons * (n_neurons + cfg.model.input_size + cfg.model.output_size + 4)
+    activity = cfg.train.eval_trials * n_steps * (n_neurons + 2 * cfg.model.output_size) * 4
+    needed = 6 * params * 4 + 2 * activity + 50 * 2**20  # last + best (+ temporaries) + optimizer state + logs
+    free = shutil.disk_usage(run_dir).free
+    if free < needed:
+        raise ConfigError(f"hydra.run.dir: only {free / 2**20:.0f} MiB free in {run_dir}; this run needs about {needed / 2**20:.0f} MiB")
 
 
 def sampler(t: TaskConfig, batch_size: int, seed: int) -> TrialSampler:
@@ -115,9 +168,15 @@ def train(cfg: Config, run_dir: Path) -> dict[str, float]:
     schedule = _schedule(cfg, optimizer)
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    check_disk_space(cfg, run_dir, model.structure.n_neurons, held_out.inputs.shape[1])
+    flat_config = flatten(dataclasses.asdict(cfg))
     start, best, elapsed = 0, -math.inf, 0.0
     if (ckpt_dir / "last.pt").exists():
-        state = load_checkpoint(ckpt_dir / "last.pt", device)
+        try:
+            state = load_checkpoint(ckpt_dir / "last.pt", device)
+        except ValueError as err:
+            raise TrainingError(str(err)) from None
+        _check_resumable(state["config"], flat_config, ckpt_dir / "last.pt")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -135,59 +194,67 @@ def train(cfg: Config, run_dir: Path) -> dict[str, float]:
     clip = cfg.train.grad_clip or math.inf
     began = time.perf_counter() - elapsed
     last = cfg.train.steps
-    for step in range(start + 1, last + 1):
-        batch = next(stream).to(device, non_blocking=True)
-        outputs, activity = model(batch.inputs)
-        valid = batch.mask > 0
-        losses = {"task": task_loss(outputs, batch, kind), **regularization(cfg.train.reg, model, activity, valid)}
-        loss = sum(losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        if not torch.isfinite(grad_norm):
-            raise TrainingError(
-                f"step {step}: loss {loss.item():.4g}, gradient norm {grad_norm.item():.4g} is not finite; "
-                f"stopped without updating weights (last good checkpoint: {ckpt_dir / 'last.pt'})"
-            )
-        optimizer.step()
-        schedule.step()
-        if _every(step, cfg.logging.scalars_every, last):
-            values = {f"loss/{k}": v.item() for k, v in losses.items()}
-            values |= {"loss/total": loss.item(), "train/grad_norm": grad_norm.item(), "train/lr": schedule.get_last_lr()[0]}
-            monitor.scalars(step, values)
-            monitor.activity(step, model, activity, valid)
-            if progress is None:
-                log.info("step %d/%d  loss %.4f", step, last, loss.item())
-        if cfg.logging.histograms_every and step % cfg.logging.histograms_every == 0:
-            monitor.histograms(step, model, activity, valid)
-        if _every(step, cfg.train.eval_every, last):
-            metrics, eval_outputs, eval_activity = evaluate(model, held_out, kind)
-            monitor.scalars(step, metrics, "eval/")
-            score = metrics.get("accuracy", -metrics.get("mse", math.inf))
-            if score > best:
-                best = score
-                model.save(ckpt_dir / "best.pt")
-            if cfg.logging.figures_every and step % cfg.logging.figures_every == 0:
-                monitor.figures(step, activity_record(model, held_out, eval_outputs, eval_activity, kind))
-            message = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-            (progress.set_postfix_str(message) if progress else log.info("step %d eval: %s", step, message))
-        if _every(step, cfg.train.checkpoint_every, last):
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
-                "rng": rng_state(),
-                "step": step,
-                "best": best,
-                "elapsed": time.perf_counter() - began,
-                "config": flatten(dataclasses.asdict(cfg)),
-            }
-            save_checkpoint(ckpt_dir / "last.pt", state)
+
+    def save_state(step: int) -> None:
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "rng": rng_state(),
+            "step": step,
+            "best": best,
+            "elapsed": time.perf_counter() - began,
+            "config": flat_config,
+        }
+        save_checkpoint(ckpt_dir / "last.pt", state)
+
+    with _deferred_signals() as received, contextlib.closing(monitor):
+        for step in range(start + 1, last + 1):
+            batch = next(stream).to(device, non_blocking=True)
+            outputs, activity = model(batch.inputs)
+            valid = batch.mask > 0
+            losses = {"task": task_loss(outputs, batch, kind), **regularization(cfg.train.reg, model, activity, valid)}
+            loss = sum(losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            if not torch.isfinite(grad_norm):
+                raise TrainingError(
+                    f"step {step}: loss {loss.item():.4g}, gradient norm {grad_norm.item():.4g} is not finite; "
+                    f"stopped without updating weights (last good checkpoint: {ckpt_dir / 'last.pt'})"
+                )
+            optimizer.step()
+            schedule.step()
+            if _every(step, cfg.logging.scalars_every, last):
+                values = {f"loss/{k}": v.item() for k, v in losses.items()}
+                values |= {"loss/total": loss.item(), "train/grad_norm": grad_norm.item(), "train/lr": schedule.get_last_lr()[0]}
+                monitor.scalars(step, values)
+                monitor.activity(step, model, activity, valid)
+                if progress is None:
+                    log.info("step %d/%d  loss %.4f", step, last, loss.item())
+            if cfg.logging.histograms_every and step % cfg.logging.histograms_every == 0:
+                monitor.histograms(step, model, activity, valid)
+            if _every(step, cfg.train.eval_every, last):
+                metrics, eval_outputs, eval_activity = evaluate(model, held_out, kind)
+                monitor.scalars(step, metrics, "eval/")
+                score = metrics.get("accuracy", -metrics.get("mse", math.inf))
+                if score > best:
+                    best = score
+                    model.save(ckpt_dir / "best.pt")
+                if cfg.logging.figures_every and step % cfg.logging.figures_every == 0:
+                    monitor.figures(step, activity_record(model, held_out, eval_outputs, eval_activity, kind))
+                message = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+                (progress.set_postfix_str(message) if progress else log.info("step %d eval: %s", step, message))
+            if _every(step, cfg.train.checkpoint_every, last) or received:
+                save_state(step)
+            if received:
+                name = signal.Signals(received[0]).name
+                raise Interrupted(f"{name} at step {step}: checkpoint saved; run the same command again to resume", received[0])
+            if progress is not None:
+                progress.update(1)
         if progress is not None:
-            progress.update(1)
-    if progress is not None:
-        progress.close()
-    return _finish(cfg, run_dir, model, held_out, kind, monitor, time.perf_counter() - began)
+            progress.close()
+        return _finish(cfg, run_dir, model, held_out, kind, monitor, time.perf_counter() - began)
 
 
 def _finish(cfg: Config, run_dir: Path, model: CTRNN, held_out: Any, kind: str, monitor: Monitor, wall: float) -> dict[str, float]:
@@ -200,7 +267,6 @@ def _finish(cfg: Config, run_dir: Path, model: CTRNN, held_out: Any, kind: str, 
         monitor.figures(cfg.train.steps, record)
     metrics |= {"steps": cfg.train.steps, "wall_time_s": round(wall, 2)}
     monitor.hparams(flatten(dataclasses.asdict(cfg)), metrics)
-    monitor.close()
     tmp = run_dir / "metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=2))
     tmp.replace(run_dir / "metrics.json")

@@ -128,9 +128,9 @@ def test_sampler_pickles_and_rebuilds_env():
     assert_batches_equal(clone.batch(2), expected)
 
 
-@pytest.mark.parametrize("num_workers", [0, 1, 2])
-def test_stream_matches_direct_batches(num_workers):
-    sampler = TrialSampler(PDM, dt=20, batch_size=4, seed=3)
+@pytest.mark.parametrize(("name", "num_workers"), [(PDM, 0), (PDM, 1), (PDM, 2), ("HierarchicalReasoning-v0", 2)])
+def test_stream_matches_direct_batches(name, num_workers):
+    sampler = TrialSampler(name, dt=20, batch_size=24, seed=3)
     for i, batch in enumerate(itertools.islice(batch_stream(sampler, start=5, num_workers=num_workers), 4)):
         assert_batches_equal(batch, sampler.batch(5 + i))
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from nn4n.engines import ENGINES
-from nn4n.model import FORMAT, CTRNN
+from nn4n.model import FORMAT, TAU_MARGIN, CTRNN
 from nn4n.structure import NetworkConfig
 
 ACTIVATIONS = ["relu", "tanh", "softplus", "sigmoid", "retanh"]
@@ -205,7 +205,7 @@ def direct_forward(p: dict[str, torch.Tensor], st, cfg: NetworkConfig, u: torch.
     w_in = eff(p["w_in"], st.input_mask, torch.zeros(cfg.input_size, dtype=torch.float64))
     w_rec = eff(p["w_rec"], st.rec_mask, sign)
     w_out = eff(p["w_out"], st.readout_mask, sign)
-    tau = cfg.dt * (1 + 1e-3) + torch.log1p(torch.exp(p["tau_raw"])) if cfg.learn_tau else torch.as_tensor(st.tau, dtype=torch.float64)
+    tau = cfg.dt * (1 + TAU_MARGIN) + torch.log1p(torch.exp(p["tau_raw"])) if cfg.learn_tau else torch.as_tensor(st.tau, dtype=torch.float64)
     a = cfg.dt / tau
     v = p["h0"].expand(u.shape[0], -1) if cfg.learn_h0 else u.new_zeros(u.shape[0], st.n_neurons)
     rates = []
@@ -405,6 +405,16 @@ def test_initial_spectral_radius_and_balance(dist, radius):
     assert_constraints(model)
     # every allowed synapse starts nonzero (a raw weight of exactly 0 would never move under |raw|)
     assert (w[torch.as_tensor(model.structure.rec_mask)] != 0).all()
+
+
+@pytest.mark.parametrize("exc_frac", [0.0, 1.0])
+def test_single_population_network_is_initialised(exc_frac):
+    """No E (or no I) neurons: nothing to balance, but the weights must not all be zeroed."""
+    model = make(exc_frac=exc_frac, areas={"PPC": {"exc_frac": exc_frac}})
+    w = model.weights()["w_rec"]
+    assert (w[torch.as_tensor(model.structure.rec_mask)] != 0).all()
+    assert model.spectral_radius() == pytest.approx(1.5, rel=1e-5)
+    assert_constraints(model)
 
 
 def test_init_reproducible_from_seed():

@@ -1,0 +1,310 @@
+"""Sweeps (``nn4n-train -m``): idempotent jobs, and ``nn4n-sweep-summary DIR``.
+
+A sweep directory holds one sub-directory per job, made by Hydra (``.hydra/overrides.yaml``). A job
+is *finished* when its ``metrics.json`` exists (the trainer writes it last), *failed* when its last
+attempt raised (``error.txt`` holds the one-line reason), and *missing metrics* otherwise (killed,
+timed out, still running, or never started).
+
+Re-running a sweep into the same ``hydra.sweep.dir`` skips finished jobs (their stored metric is
+returned to the sweeper, so an Optuna study sees the same values) and redoes the others, which
+resume from ``checkpoints/last.pt`` when it exists.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import functools
+import json
+import logging
+import math
+import re
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import yaml
+
+log = logging.getLogger("nn4n")
+
+ERROR_FILE = "error.txt"
+METRICS_FILE = "metrics.json"
+# Keys that say where or how a job runs, not what it computes: a job directory whose run differs
+# from the job only in these is still the same job.
+RUNTIME_KEYS = ("train.device", "train.engine", "train.threads", "train.data_workers")
+
+
+# ----------------------------------------------------------------------------- inside a sweep job
+def objective(metrics: dict[str, float]) -> float:
+    """The value a job returns to the sweeper: held-out accuracy, or the MSE for regression tasks."""
+    return metrics.get("accuracy", metrics.get("mse", float("nan")))
+
+
+def start_job(run_dir: Path) -> None:
+    """A new attempt at this job: forget the failure of an earlier one."""
+    (run_dir / ERROR_FILE).unlink(missing_ok=True)
+
+
+def record_failure(run_dir: Path, err: BaseException) -> None:
+    """Leave the reason this attempt failed in ``run_dir/error.txt`` (read by nn4n-sweep-summary)."""
+    lines = str(err).strip().splitlines()
+    message = f"{type(err).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / ERROR_FILE).write_text(message + "\n")
+    except OSError:
+        pass  # the job's own error is what matters; Hydra reports it
+
+
+def _restore_start_method() -> None:
+    """Joblib's worker processes (hydra/launcher=local_parallel) make ``loky`` the default start
+    method of multiprocessing, with which PyTorch's DataLoader cannot start its worker processes
+    (train.data_workers > 0). A job gets the platform's own default back."""
+    import multiprocessing
+
+    if multiprocessing.get_start_method(allow_none=True) == "loky":
+        multiprocessing.set_start_method(multiprocessing.get_all_start_methods()[0], force=True)
+
+
+def sweep_job(task: Callable[[Any], float]) -> Callable[[Any], float]:
+    """Wrap a Hydra task function: in a sweep (``-m``), each attempt at a job first removes the
+    ``error.txt`` of an earlier one and, if it fails, writes its own before Hydra records the failure."""
+
+    @functools.wraps(task)
+    def run(cfg: Any) -> float:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            return task(cfg)
+        run_dir = Path(hydra_cfg.runtime.output_dir)
+        _restore_start_method()
+        start_job(run_dir)
+        try:
+            return task(cfg)
+        except BaseException as err:
+            record_failure(run_dir, err)
+            raise
+
+    return run
+
+
+def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    keys = sorted(set(stored) | set(current))
+    return [
+        f"{k}: {stored.get(k, '<absent>')!r} there, {current.get(k, '<absent>')!r} now"
+        for k in keys
+        if not k.startswith("logging.") and k not in RUNTIME_KEYS and stored.get(k) != current.get(k)
+    ]
+
+
+def finished_metrics(run_dir: Path, config: Any) -> dict[str, float] | None:
+    """Before a sweep job trains: the stored metrics when ``run_dir`` already holds this job,
+    finished; None when it has to train (from scratch, or resuming from ``checkpoints/last.pt``).
+
+    A directory holding a run of a different configuration (a different sweep re-run into the same
+    ``hydra.sweep.dir``) is neither reused nor resumed: that raises a ConfigError naming the keys.
+    """
+    from .checkpoint import load_checkpoint  # torch: only where a job runs
+    from .config import ConfigError
+    from .train import flatten
+
+    last = run_dir / "checkpoints" / "last.pt"
+    if last.exists():
+        try:
+            stored = load_checkpoint(last).get("config")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        if isinstance(stored, dict):
+            diff = _differences(stored, flatten(dataclasses.asdict(config)))
+            if diff:
+                raise ConfigError(
+                    f"{run_dir} holds a run of another configuration ({'; '.join(diff[:3])}"
+                    f"{'; ...' if len(diff) > 3 else ''}); re-run a sweep into its own hydra.sweep.dir"
+                )
+    done = run_dir / METRICS_FILE
+    if not done.exists():
+        return None
+    metrics = json.loads(done.read_text())
+    log.info("skipped: %s is finished (%s exists); returning its stored result %s", run_dir, METRICS_FILE, objective(metrics))
+    return metrics
+
+
+# ----------------------------------------------------------------------------- nn4n-sweep-summary
+@dataclasses.dataclass
+class Job:
+    path: Path
+    name: str  # relative to the summarized directory
+    overrides: dict[str, str]
+    status: str  # finished, failed or missing metrics
+    metrics: dict[str, float]
+    error: str = ""
+
+
+def _natural(path: Path) -> list[Any]:
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", path.as_posix()) if t]
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, str]:
+    """``["seed=1", "+train.reg.rate_l2=0.1", "~logging"]`` as ``{key: value}``."""
+    out = {}
+    for item in items:
+        key, _, value = str(item).partition("=")
+        out[key.lstrip("+")] = value
+    return out
+
+
+def load_job(job_dir: Path, root: Path) -> Job:
+    overrides = parse_overrides(yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or [])
+    name = job_dir.relative_to(root).as_posix() if job_dir != root else "."
+    error_file, metrics_file = job_dir / ERROR_FILE, job_dir / METRICS_FILE
+    error = error_file.read_text().strip() if error_file.exists() else ""
+    metrics: dict[str, float] = {}
+    if metrics_file.exists():
+        try:
+            metrics = {k: v for k, v in json.loads(metrics_file.read_text()).items() if isinstance(v, (int, float))}
+        except (ValueError, AttributeError):
+            error = error or f"{METRICS_FILE} is unreadable"
+    status = "failed" if error_file.exists() else "finished" if metrics else "missing metrics"
+    return Job(job_dir, name, overrides, status, metrics, error)
+
+
+def find_jobs(root: Path) -> list[Job]:
+    """Every job directory under ``root`` (one with ``.hydra/overrides.yaml``), in natural order."""
+    dirs = {p.parent.parent for p in root.rglob(".hydra/overrides.yaml")}
+    return [load_job(d, root) for d in sorted(dirs, key=_natural)]
+
+
+def _metric_names(jobs: list[Job]) -> list[str]:
+    first = ["accuracy", "mse", "loss"]
+    names = {k for j in jobs for k in j.metrics}
+    return [k for k in first if k in names] + sorted(names - set(first))
+
+
+def _override_keys(jobs: list[Job]) -> tuple[list[str], list[str]]:
+    """(keys whose value differs between jobs, keys with one value in every job)."""
+    keys = list(dict.fromkeys(k for j in jobs for k in j.overrides))
+    varying = [k for k in keys if len({j.overrides.get(k) for j in jobs}) > 1]
+    return varying, [k for k in keys if k not in varying]
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1; nan for fewer than two values)."""
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+@dataclasses.dataclass
+class Group:
+    overrides: dict[str, str]
+    jobs: list[Job]
+    stats: dict[str, tuple[float, float]]  # metric -> (mean, sd) over the finished jobs
+
+
+def group_jobs(jobs: list[Job], seed_key: str = "seed") -> list[Group]:
+    """Jobs that differ only in ``seed_key``, with mean and sd of each metric over the finished ones."""
+    varying, _ = _override_keys(jobs)
+    by = [k for k in varying if k != seed_key]
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(tuple(job.overrides.get(k, "") for k in by), []).append(job)
+    names = _metric_names(jobs)
+    out = []
+    for values, members in groups.items():
+        done = [j for j in members if j.status == "finished"]
+        stats = {m: mean_sd([j.metrics[m] for j in done if m in j.metrics]) for m in names}
+        out.append(Group(dict(zip(by, values)), members, stats))
+    return out
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def summarize(root: Path, seed_key: str = "seed", write: bool = True) -> str:
+    """The summary of the sweep(s) under ``root`` as text; also ``summary.csv`` (one row per job)
+    and ``summary_groups.csv`` (mean and sd over seeds) in ``root`` when ``write``."""
+    jobs = find_jobs(root)
+    if not jobs:
+        raise FileNotFoundError(f"{root}: no job directories (none has .hydra/overrides.yaml)")
+    varying, common = _override_keys(jobs)
+    metrics = _metric_names(jobs)
+    counts = {s: sum(j.status == s for j in jobs) for s in ("finished", "failed", "missing metrics")}
+    out = [f"{len(jobs)} jobs under {root}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)]
+    if common:
+        out.append("common overrides: " + " ".join(f"{k}={jobs[0].overrides[k]}" for k in common))
+    rows = [[j.name, *(j.overrides.get(k, "") for k in varying), j.status, *(_fmt(j.metrics.get(m, "")) for m in metrics)] for j in jobs]
+    out += ["", _table(["job", *varying, "status", *metrics], rows)]
+    for job in jobs:
+        if job.error:
+            out.append(f"  {job.name}: {job.error}")
+
+    groups = group_jobs(jobs, seed_key)
+    by = [k for k in varying if k != seed_key]
+    if any(len(g.jobs) > 1 for g in groups):
+        shown = [m for m in metrics if m != "steps"]
+        out += ["", f"mean ± sd over {seed_key} (sample sd; finished jobs only)"]
+        grows = [
+            [*(g.overrides[k] for k in by), f"{sum(j.status == 'finished' for j in g.jobs)}/{len(g.jobs)}",
+             *(f"{_fmt(g.stats[m][0])} ± {_fmt(g.stats[m][1])}" for m in shown)]
+            for g in groups
+        ]
+        out.append(_table([*by, "finished", *shown], grows))
+
+    results = root / "optimization_results.yaml"
+    if results.exists():
+        best = yaml.safe_load(results.read_text()) or {}
+        params = " ".join(f"{k}={v}" for k, v in (best.get("best_params") or {}).items())
+        out += ["", f"optuna best: {params}  value {best.get('best_value')}"]
+
+    if write:
+        keys = varying + common
+        write_csv(root / "summary.csv", ["job", *keys, "status", *metrics, "error"],
+                  [[j.name, *(j.overrides.get(k, "") for k in keys), j.status, *(j.metrics.get(m, "") for m in metrics), j.error] for j in jobs])
+        write_csv(root / "summary_groups.csv",
+                  [*by, "n_jobs", "n_finished", *(f"{m}_{s}" for m in metrics for s in ("mean", "sd"))],
+                  [[*(g.overrides[k] for k in by), len(g.jobs), sum(j.status == "finished" for j in g.jobs),
+                    *(v for m in metrics for v in g.stats[m])] for g in groups])
+        out += ["", f"wrote {root / 'summary.csv'} and {root / 'summary_groups.csv'}"]
+    out.append(f"TensorBoard (HParams tab compares the jobs): tensorboard --logdir {root}")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="nn4n-sweep-summary",
+        description="Status and final metrics of every job of the nn4n-train -m sweep(s) under DIR, "
+        "with mean ± sd over seeds; writes DIR/summary.csv and DIR/summary_groups.csv.",
+    )
+    parser.add_argument("dir", type=Path, metavar="DIR", help="a sweep directory (hydra.sweep.dir), or a folder of them")
+    parser.add_argument("--seed-key", default="seed", help="the override averaged over (default: seed)")
+    parser.add_argument("--no-write", action="store_true", help="print only; write no CSV files")
+    args = parser.parse_args(argv)
+    if not args.dir.is_dir():
+        parser.exit(2, f"nn4n-sweep-summary: error: {args.dir}: not a directory\n")
+    try:
+        print(summarize(args.dir, args.seed_key, write=not args.no_write))
+    except (FileNotFoundError, OSError, yaml.YAMLError) as err:
+        parser.exit(2, f"nn4n-sweep-summary: error: {err}\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,233 @@
+"""Runs that survive bad input, crashes, signals, divergence, bad directories and untrusted files."""
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from nn4n import CTRNN, Area, NetworkConfig
+from nn4n import cli
+from nn4n.checkpoint import load_checkpoint
+from nn4n.config import ConfigError
+from nn4n.train import check_disk_space, resolve
+
+BAD_CONFIGS = [
+    # types
+    ("train.lr=fast", "train.lr"),
+    ("train.steps=1.5", "train.steps"),
+    ("train.batch_size=[1,2]", "train.batch_size"),
+    ("model.dale=maybe", "model.dale"),
+    ("model.areas.hidden.size=big", "model.areas.hidden.size"),
+    ("task.dt=abc", "task.dt"),
+    # ranges
+    ("train.lr=0", "train.lr"),
+    ("train.batch_size=0", "train.batch_size"),
+    ("train.grad_clip=-1", "train.grad_clip"),
+    ("train.weight_decay=-0.1", "train.weight_decay"),
+    ("train.reg.rate_l2=-1", "train.reg.rate_l2"),
+    ("model.exc_frac=1.5", "model.exc_frac"),
+    ("model.density.within=2", "model.density.within"),
+    ("model.input_frac=0", "model.input_frac"),
+    ("model.readout_frac=1.1", "model.readout_frac"),
+    ("model.noise.rec=-0.1", "model.noise.rec"),
+    ("model.tau=10", "model.tau"),
+    ("model.areas.hidden.tau=1", "model.areas.hidden.tau"),
+    ("model.init.spectral_radius=-1", "model.init.spectral_radius"),
+    ("task.dt=-20", "task.dt"),
+    ("task.decision_weight=-5", "task.decision_weight"),
+    # unknown names
+    ("train.optimizr=adam", "train.optimizr"),
+    ("train.optimizer=adamax", "train.optimizer"),
+    ("train.schedule=linear", "train.schedule"),
+    ("train.engine=warp", "train.engine"),
+    ("train.device=tpu", "train.device"),
+    ("model.activation=gelu", "model.activation"),
+    ("model.init.dist=cauchy", "model.init.dist"),
+    ("model.long_range=inhibitory", "model.long_range"),
+    ("task.name=NoSuchTask-v0", "task.name"),
+    ("+train.reg.weight_l1.w_hidden=0.1", "train.reg.weight_l1.w_hidden"),
+    ("+model._target_=os.system", "model._target_"),
+    ("+task.timing.wait=100", "task.timing"),
+    ("+task.params.coherence=3", "task.params"),
+    ("+task.dirs=[/no/such/dir]", "task.dirs"),
+    ("logging.progress=fancy", "logging.progress"),
+    # inconsistent areas
+    ("model.input_areas=[V1]", "model.input_areas"),
+    ("model.readout_areas=[PFC]", "model.readout_areas"),
+    ("+model.projections.hidden.PFC=0.2", "model.projections.hidden.PFC"),
+    ("+model.plasticity.projections.PFC.hidden=0.2", "model.plasticity.projections.PFC"),
+    ("arch=three_area", None),  # valid: sanity check that the table tests the values, not the layout
+    # task/model mismatches: PerceptualDecisionMaking has 3 inputs
+    ("+model.input_groups={stimulus:{size:2,areas:[hidden]}}", "model.input_groups"),
+]
+
+
+def cli_in_process(argv: list[str], monkeypatch: pytest.MonkeyPatch, cwd: Path) -> int:
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["nn4n-train", *argv])
+    try:
+        cli.main()
+    except SystemExit as exit:
+        return int(exit.code or 0)
+    return 0
+
+
+@pytest.mark.parametrize("override, key", [c for c in BAD_CONFIGS if c[1]], ids=[c[0] for c in BAD_CONFIGS if c[1]])
+def test_bad_config_table(override: str, key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                          capsys: pytest.CaptureFixture) -> None:
+    code = cli_in_process(["debug=fast", override, "hydra.run.dir=run"], monkeypatch, tmp_path)
+    err = capsys.readouterr().err.strip()
+    assert code != 0, override
+    assert "Traceback" not in err and key in err, err
+    assert len(err.splitlines()) == 1 and err.startswith("nn4n-train: error: "), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_table_is_big_enough() -> None:
+    assert len([c for c in BAD_CONFIGS if c[1]]) >= 30
+
+
+def test_valid_layout_in_table_passes() -> None:
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("nn4n_configs", version_base="1.3"):
+        cfg = resolve(compose("config", ["arch=three_area", "debug=fast"]))
+    assert list(cfg.model.areas) == ["V1", "PPC", "PFC"] and cfg.model.input_size == 3
+
+
+def test_disk_space_checked_before_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("nn4n_configs", version_base="1.3"):
+        cfg = resolve(compose("config", ["debug=fast"]))
+    check_disk_space(cfg, tmp_path, 128, 110)  # plenty here
+    monkeypatch.setattr("shutil.disk_usage", lambda _: shutil._ntuple_diskusage(2**30, 2**30 - 2**20, 2**20))
+    with pytest.raises(ConfigError, match=r"hydra.run.dir: only 1 MiB free"):
+        check_disk_space(cfg, tmp_path, 128, 110)
+
+
+@pytest.mark.parametrize("target", ["/proc/nn4n_run", "{file}/run"])
+def test_unwritable_output_dir(target: str, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    run = subprocess.run([sys.executable, "-m", "nn4n", "debug=fast", f"hydra.run.dir={target.format(file=tmp_path / 'file')}"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.startswith("nn4n-train: error: hydra.run.dir: cannot write to")
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, (f"touch {Path.cwd() / 'pwned'}",))
+
+
+def test_malicious_checkpoint_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "nn4n.checkpoint/1", "model": Exploit()}, evil)
+    with pytest.raises(ValueError, match="refused"):
+        load_checkpoint(evil)
+    with pytest.raises(pickle.UnpicklingError):
+        CTRNN.load(evil)
+    assert not (tmp_path / "pwned").exists()
+    # as a run's last checkpoint: the CLI refuses to resume from it, in one line
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    evil.rename(tmp_path / "run" / "checkpoints" / "last.pt")
+    run = subprocess.run([sys.executable, "-m", "nn4n", "debug=fast", "hydra.run.dir=run"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 3 and "refused to load" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "pwned").exists()
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+def test_model_file_round_trip_is_weights_only(tmp_path: Path) -> None:
+    model = CTRNN(NetworkConfig(areas={"a": Area(8)}, input_size=2, output_size=2))
+    model.save(tmp_path / "m.pt")
+    blob = torch.load(tmp_path / "m.pt", weights_only=True)  # plain tensors and values only
+    assert blob["format"] == "nn4n.CTRNN/1"
+
+
+TRAIN = ["debug=fast", "train.steps=150", "train.checkpoint_every=10", "train.eval_every=75",
+         "train.data_workers=1", "logging=minimal", "logging.scalars_every=10", "model.noise.rec=0.1"]
+
+
+def start(tmp_path: Path, run_dir: str, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "nn4n", *TRAIN, *extra, f"hydra.run.dir={run_dir}"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_checkpoint(path: Path, proc: subprocess.Popen) -> None:
+    deadline = time.time() + 300
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_kill9_then_resume_is_bitwise_identical(tmp_path: Path) -> None:
+    straight = start(tmp_path, "straight")
+    assert straight.wait(timeout=600) == 0, straight.communicate()
+    victim = start(tmp_path, "killed")
+    wait_for_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt", victim)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    killed_at = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")["step"]
+    assert killed_at < 150
+    resumed = start(tmp_path, "killed")
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    acc = EventAccumulator(str(tmp_path / "killed" / "tensorboard")).Reload()
+    steps = [e.step for e in acc.Scalars("loss/task")]
+    assert steps == list(range(10, 151, 10))  # no duplicates from the killed process
+    values = [e.value for e in EventAccumulator(str(tmp_path / "straight" / "tensorboard")).Reload().Scalars("loss/task")]
+    assert [e.value for e in acc.Scalars("loss/task")] == values
+
+
+@pytest.mark.slow
+def test_sigterm_saves_checkpoint_and_exits(tmp_path: Path) -> None:
+    proc = start(tmp_path, "run", "train.steps=100000", "train.checkpoint_every=100000")
+    log = tmp_path / "run" / "nn4n.log"
+    deadline = time.time() + 300
+    while "step 10/" not in (log.read_text() if log.exists() else ""):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "SIGTERM at step" in err and "checkpoint saved" in err and "Traceback" not in err
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert f"SIGTERM at step {state['step']}:" in err and not (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
+    proc = start(tmp_path, "run", "train.lr=1e30", "train.checkpoint_every=1", "train.grad_clip=0")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 3 and "not finite" in err and "Traceback" not in err
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+    assert f"step {state['step'] + 1}:" in err and not (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_resume_with_changed_config_is_refused(tmp_path: Path) -> None:
+    first = start(tmp_path, "run", "train.steps=20")
+    assert first.wait(timeout=300) == 0
+    (tmp_path / "run" / "metrics.json").unlink()  # as if it had been stopped before the end
+    again = start(tmp_path, "run", "train.steps=40", "model.tau=200")
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 2 and "model.tau: is 200" in err and "Traceback" not in err
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 20

@@ -74,10 +74,6 @@ class Activity:
         return {name: self.area(name) for name in self.structure.area_names}
 
 
-def _softplus_inverse(x: torch.Tensor) -> torch.Tensor:
-    return x + torch.log(-torch.expm1(-x))
-
-
 class CTRNN(nn.Module):
     """Leaky rate network built from a :class:`NetworkConfig` (or a dict of the same keys).
 
@@ -99,9 +95,9 @@ class CTRNN(nn.Module):
         self.register_buffer("noise_std", torch.as_tensor(st.noise))
         self._rec_noise = bool((st.noise > 0).any())  # known on the host: no device sync per forward
         tau = torch.as_tensor(st.tau)
-        if config.learn_tau:  # tau = dt (1 + margin) + softplus(raw) keeps dt/tau in (0, 1)
+        if config.learn_tau:  # tau = dt (1 + margin) + exp(raw): dt/tau in (0, 1), steps relative in tau
             floor = config.dt * (1 + TAU_MARGIN)
-            self.tau_raw = nn.Parameter(_softplus_inverse((tau - floor).clamp_min(1e-3)))
+            self.tau_raw = nn.Parameter(torch.log((tau - floor).clamp_min(1e-3)))
         else:
             self.register_buffer("tau_fixed", tau)
         self.h0 = nn.Parameter(torch.zeros(n)) if config.learn_h0 else None
@@ -150,13 +146,14 @@ class CTRNN(nn.Module):
 
     @property
     def tau(self) -> torch.Tensor:
-        """Time constant of every neuron (ms); learned: ``dt (1 + TAU_MARGIN) + softplus(tau_raw)``.
+        """Time constant of every neuron (ms); learned: ``dt (1 + TAU_MARGIN) + exp(tau_raw)``.
 
-        The margin keeps ``tau > dt`` once rounded to float32, where ``dt + softplus(raw)`` would
-        round to ``dt`` (``alpha == 1``) for a raw value pushed far below zero.
+        The log scale lets an optimizer step change tau by a fraction of itself (Adam at lr 0.01:
+        ~1% per step) instead of by a fixed number of ms. The margin keeps ``tau > dt`` once rounded
+        to float32, where ``dt + exp(raw)`` would round to ``dt`` for a raw value far below zero.
         """
         if self.config.learn_tau:
-            return self.config.dt * (1 + TAU_MARGIN) + F.softplus(self.tau_raw)
+            return self.config.dt * (1 + TAU_MARGIN) + torch.exp(self.tau_raw)
         return self.tau_fixed
 
     @property

@@ -168,6 +168,8 @@ def load_job(job_dir: Path, root: Path) -> Job:
         except (ValueError, AttributeError):
             error = error or f"{METRICS_FILE} is unreadable"
     status = "failed" if error_file.exists() else "finished" if metrics else "missing metrics"
+    if status == "failed":
+        metrics = {}  # a metrics.json beside an error is a different run's (see finished_metrics)
     return Job(job_dir, name, overrides, status, metrics, error)
 
 

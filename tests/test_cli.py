@@ -132,3 +132,16 @@ def test_default_network_learns(tmp_path: Path) -> None:
     run = nn4n_train("train.steps=300", "train.eval_every=300", "logging=minimal", "hydra.run.dir=run", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["accuracy"] >= 0.75
+
+
+def test_figures_from_a_run_in_python(debug_run: Path) -> None:
+    """Notebook route: a run directory gives the model, its config, fresh activity and figures."""
+    from nn4n import figures
+    from nn4n.analysis import activity_from_run, load_run
+
+    model, cfg = load_run(debug_run, "last")
+    assert cfg.seed == 3 and list(model.config.areas) == ["sensory", "motor"]
+    saved = np.load(debug_run / "activity.npz")
+    record = activity_from_run(debug_run, n_trials=32, checkpoint="last")
+    np.testing.assert_allclose(record["rates"], saved["rates"], rtol=1e-4, atol=1e-6)  # same held-out trials
+    assert set(figures.all_figures(record)) == {"activity", "connectivity", "pca", "trial_io", "psychometric"}

@@ -1,7 +1,6 @@
 """CTRNN: constraints under training, plasticity, exact gradients, noise statistics, views, files."""
 from __future__ import annotations
 
-import copy
 import pickle
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch.nn.functional as F
 from nn4n.engines import ENGINES
 from nn4n.model import FORMAT, TAU_MARGIN, CTRNN
 from nn4n.structure import NetworkConfig
+from helpers import merge
 
 ACTIVATIONS = ["relu", "tanh", "softplus", "sigmoid", "retanh"]
 
@@ -38,16 +38,6 @@ THREE = {
 SLICES = {"PFC": np.arange(0, 15), "V1": np.arange(15, 35), "PPC": np.arange(35, 45)}
 E_IDX = {"PFC": np.arange(0, 12), "V1": np.arange(15, 31), "PPC": np.arange(35, 40)}
 I_IDX = {"PFC": np.arange(12, 15), "V1": np.arange(31, 35), "PPC": np.arange(40, 45)}
-
-
-def merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def make(base: dict = THREE, **over) -> CTRNN:

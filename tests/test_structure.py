@@ -1,7 +1,6 @@
 """Structure: neuron layout, E/I identity, masks and config validation."""
 from __future__ import annotations
 
-import copy
 import re
 
 import numpy as np
@@ -10,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as hst
 
 from nn4n.structure import Area, NetworkConfig, Structure
+from helpers import merge
 
 # PFC is declared first on purpose: order must follow the declaration, not the alphabet.
 BASE = {
@@ -30,16 +30,6 @@ BASE = {
 SLICES = {"PFC": (0, 15), "V1": (15, 35), "PPC": (35, 45)}
 E_IDX = {"PFC": np.arange(0, 12), "V1": np.arange(15, 31), "PPC": np.arange(35, 40)}
 I_IDX = {"PFC": np.arange(12, 15), "V1": np.arange(31, 35), "PPC": np.arange(40, 45)}
-
-
-def merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def build(**over) -> Structure:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import multiprocessing
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,5 +174,7 @@ def batch_stream(
         collate_fn=_identity,
         pin_memory=pin_memory,
         generator=torch.Generator(),  # worker seeds must not consume the global RNG (resume = identical run)
+        # the platform's own start method, whatever a parent (e.g. joblib's loky workers) made the default
+        multiprocessing_context=multiprocessing.get_context(multiprocessing.get_all_start_methods()[0]) if num_workers else None,
     )
     yield from loader

@@ -30,9 +30,6 @@ log = logging.getLogger("nn4n")
 
 ERROR_FILE = "error.txt"
 METRICS_FILE = "metrics.json"
-# Keys that say where or how a job runs, not what it computes: a job directory whose run differs
-# from the job only in these is still the same job.
-RUNTIME_KEYS = ("train.device", "train.engine", "train.threads", "train.data_workers")
 
 
 # ----------------------------------------------------------------------------- inside a sweep job
@@ -57,16 +54,6 @@ def record_failure(run_dir: Path, err: BaseException) -> None:
         pass  # the job's own error is what matters; Hydra reports it
 
 
-def _restore_start_method() -> None:
-    """Joblib's worker processes (hydra/launcher=local_parallel) make ``loky`` the default start
-    method of multiprocessing, with which PyTorch's DataLoader cannot start its worker processes
-    (train.data_workers > 0). A job gets the platform's own default back."""
-    import multiprocessing
-
-    if multiprocessing.get_start_method(allow_none=True) == "loky":
-        multiprocessing.set_start_method(multiprocessing.get_all_start_methods()[0], force=True)
-
-
 def sweep_job(task: Callable[[Any], float]) -> Callable[[Any], float]:
     """Wrap a Hydra task function: in a sweep (``-m``), each attempt at a job first removes the
     ``error.txt`` of an earlier one and, if it fails, writes its own before Hydra records the failure."""
@@ -80,7 +67,6 @@ def sweep_job(task: Callable[[Any], float]) -> Callable[[Any], float]:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             return task(cfg)
         run_dir = Path(hydra_cfg.runtime.output_dir)
-        _restore_start_method()
         start_job(run_dir)
         try:
             return task(cfg)
@@ -89,15 +75,6 @@ def sweep_job(task: Callable[[Any], float]) -> Callable[[Any], float]:
             raise
 
     return run
-
-
-def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    keys = sorted(set(stored) | set(current))
-    return [
-        f"{k}: {stored.get(k, '<absent>')!r} there, {current.get(k, '<absent>')!r} now"
-        for k in keys
-        if not k.startswith("logging.") and k not in RUNTIME_KEYS and stored.get(k) != current.get(k)
-    ]
 
 
 def finished_metrics(run_dir: Path, config: Any) -> dict[str, float] | None:
@@ -109,21 +86,15 @@ def finished_metrics(run_dir: Path, config: Any) -> dict[str, float] | None:
     """
     from .checkpoint import load_checkpoint  # torch: only where a job runs
     from .config import ConfigError
-    from .train import flatten
+    from .train import check_resumable, flatten
 
     last = run_dir / "checkpoints" / "last.pt"
     if last.exists():
         try:
-            stored = load_checkpoint(last).get("config")
+            stored = load_checkpoint(last)["config"]
         except ValueError as err:
             raise ConfigError(str(err)) from None
-        if isinstance(stored, dict):
-            diff = _differences(stored, flatten(dataclasses.asdict(config)))
-            if diff:
-                raise ConfigError(
-                    f"{run_dir} holds a run of another configuration ({'; '.join(diff[:3])}"
-                    f"{'; ...' if len(diff) > 3 else ''}); re-run a sweep into its own hydra.sweep.dir"
-                )
+        check_resumable(stored, flatten(dataclasses.asdict(config)), run_dir)
     done = run_dir / METRICS_FILE
     if not done.exists():
         return None
@@ -250,7 +221,7 @@ def summarize(root: Path, seed_key: str = "seed", write: bool = True) -> str:
     varying, common = _override_keys(jobs)
     metrics = _metric_names(jobs)
     counts = {s: sum(j.status == s for j in jobs) for s in ("finished", "failed", "missing metrics")}
-    out = [f"{len(jobs)} jobs under {root}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)]
+    out = [f"{len(jobs)} job{'s' * (len(jobs) != 1)} under {root}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)]
     if common:
         out.append("common overrides: " + " ".join(f"{k}={jobs[0].overrides[k]}" for k in common))
     rows = [[j.name, *(j.overrides.get(k, "") for k in varying), j.status, *(_fmt(j.metrics.get(m, "")) for m in metrics)] for j in jobs]

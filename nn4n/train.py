@@ -49,8 +49,8 @@ class Interrupted(TrainingError):
 
 
 # Settings that may differ when a run is resumed; everything else must match the checkpoint.
-RESUMABLE_CHANGES = ("train.steps", "train.device", "train.threads", "train.data_workers", "train.eval_every",
-                     "train.checkpoint_every", "logging.")
+RESUMABLE_CHANGES = ("train.device", "train.engine", "train.threads", "train.data_workers",
+                     "train.eval_every", "train.checkpoint_every", "logging.")
 
 
 @contextlib.contextmanager
@@ -68,12 +68,13 @@ def _deferred_signals() -> Iterator[list[int]]:
             signal.signal(s, handler)
 
 
-def _check_resumable(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+def check_resumable(saved: dict[str, Any], current: dict[str, Any], run_dir: Path) -> None:
+    """Refuse to continue the run in ``run_dir`` (flattened config ``saved``) with another config."""
     for key in sorted(set(saved) | set(current)):
         if not key.startswith(RESUMABLE_CHANGES) and saved.get(key) != current.get(key):
             raise ConfigError(
-                f"{key}: is {current.get(key)!r} but the run in {path.parent.parent} was started with "
-                f"{saved.get(key)!r}; use the same value or another hydra.run.dir"
+                f"{key}: is {current.get(key)!r} but the run in {run_dir} was started with "
+                f"{saved.get(key)!r}; use the same value or another output directory"
             )
 
 
@@ -176,7 +177,7 @@ def train(cfg: Config, run_dir: Path) -> dict[str, float]:
             state = load_checkpoint(ckpt_dir / "last.pt", device)
         except ValueError as err:
             raise TrainingError(str(err)) from None
-        _check_resumable(state["config"], flat_config, ckpt_dir / "last.pt")
+        check_resumable(state["config"], flat_config, run_dir)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])

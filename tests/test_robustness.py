@@ -227,7 +227,7 @@ def test_resume_with_changed_config_is_refused(tmp_path: Path) -> None:
     first = start(tmp_path, "run", "train.steps=20")
     assert first.wait(timeout=300) == 0
     (tmp_path / "run" / "metrics.json").unlink()  # as if it had been stopped before the end
-    again = start(tmp_path, "run", "train.steps=40", "model.tau=200")
+    again = start(tmp_path, "run", "train.steps=20", "model.tau=200")
     _, err = again.communicate(timeout=300)
     assert again.returncode == 2 and "model.tau: is 200" in err and "Traceback" not in err
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 20

@@ -203,10 +203,11 @@ def _validate(cfg: NetworkConfig) -> None:
             _unit(value, f"projections.{to}.{pre}")
     _integer(cfg.input_size, "input_size")
     _integer(cfg.output_size, "output_size")
-    for i, area in enumerate(cfg.input_areas):
-        known(area, f"input_areas[{i}]")
-    for i, area in enumerate(cfg.readout_areas):
-        known(area, f"readout_areas[{i}]")
+    for key in ("input_areas", "readout_areas"):
+        areas = getattr(cfg, key)
+        _check(isinstance(areas, (list, tuple)), key, f"must be a list of area names, got {areas!r}")
+        for i, area in enumerate(areas):
+            known(area, f"{key}[{i}]")
     for group, spec in cfg.input_groups.items():
         _integer(spec.size, f"input_groups.{group}.size")
         _check(len(spec.areas) > 0, f"input_groups.{group}.areas", "must name at least one area")
@@ -218,6 +219,7 @@ def _validate(cfg: NetworkConfig) -> None:
     _fraction(cfg.input_frac, "input_frac")
     _fraction(cfg.readout_frac, "readout_frac")
     _check(cfg.long_range in PROJECTING, "long_range", f"must be one of {', '.join(PROJECTING)}, got {cfg.long_range!r}")
+    _check(cfg.dale or cfg.long_range == "all", "long_range", "'excitatory' needs dale: true (without it no neuron is excitatory)")
     _check(cfg.readout_from in PROJECTING, "readout_from", f"must be one of {', '.join(PROJECTING)}, got {cfg.readout_from!r}")
     _check(cfg.activation in ACTIVATIONS, "activation", f"must be one of {', '.join(ACTIVATIONS)}, got {cfg.activation!r}")
     for key in ("rec", "input"):

@@ -120,6 +120,7 @@ def n_allowed(rows: int, cols: int, n_inh_pre: int, same: bool, self_conn: bool,
 )
 def test_block_densities_and_forbidden_synapses(sizes, within, between, exc_frac, override, self_conn, long_range, dale, seed):
     names = [f"A{i}" for i in range(len(sizes))]
+    long_range = long_range if dale else "all"  # excitatory-only projections need Dale's law
     projections = {names[-1]: {names[0]: override}}  # one overridden block (within if a single area)
     cfg = NetworkConfig.from_dict({
         "areas": {n: {"size": s} for n, s in zip(names, sizes)},
@@ -265,6 +266,8 @@ BAD = [
     ({"projections": {"PFC": {"M1": 0.1}}}, r"projections\.PFC\.M1: unknown area 'M1'; areas: PFC, V1, PPC"),
     ({"projections": {"M1": {"V1": 0.1}}}, r"projections\.M1: unknown area 'M1'; areas: PFC, V1, PPC"),
     ({"input_areas": ["V1", "M1"]}, r"input_areas\[1\]: unknown area 'M1'; areas: PFC, V1, PPC"),
+    ({"input_areas": "V1"}, r"input_areas: must be a list of area names, got 'V1'"),
+    ({"dale": False, "long_range": "excitatory"}, r"long_range: 'excitatory' needs dale: true"),
     ({"readout_areas": ["M1"]}, r"readout_areas\[0\]: unknown area 'M1'"),
     ({"input_groups": {"vis": {"size": 3, "areas": ["M1"]}}}, r"input_groups\.vis\.areas\[0\]: unknown area 'M1'"),
     ({"input_groups": {"vis": {"size": 3, "areas": []}}}, r"input_groups\.vis\.areas: must name at least one area"),

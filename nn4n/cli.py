@@ -91,8 +91,9 @@ def describe(err: Exception) -> str:
     if isinstance(err, MissingConfigException) and err.missing_cfg_file and err.options:
         group, _, name = err.missing_cfg_file.rpartition("/")
         return f"{group or 'config'}: no option {name!r}; available: {', '.join(err.options)}"
-    if isinstance(err.__cause__, OmegaConfBaseException):
-        return one_line(err.__cause__)
+    cause = err.__cause__ or err.__context__
+    if isinstance(cause, OmegaConfBaseException):
+        return one_line(cause)
     if isinstance(err, OmegaConfBaseException):
         return one_line(err)
     return str(err).strip().splitlines()[0]

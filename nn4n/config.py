@@ -45,7 +45,7 @@ class TaskConfig:
     dt: float = 20.0
     timing: dict[str, Any] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
-    decision_period: str = "decision"
+    decision_period: str | None = "decision"
     decision_weight: float = 5.0
     dirs: list[str] = field(default_factory=list)
 

@@ -1,0 +1,58 @@
+"""Every shipped config composes, validates and builds a network and a batch of its task."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+
+import nn4n_configs
+from nn4n import CTRNN
+from nn4n.config import Config, register_schema
+from nn4n.train import resolve, sampler
+
+CONFIGS = Path(nn4n_configs.__file__).parent
+register_schema()
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+def compose_config(overrides: list[str]) -> Config:
+    with initialize_config_module("nn4n_configs", version_base="1.3"):
+        return resolve(compose("config", overrides))
+
+
+@pytest.mark.parametrize("task", options("task"))
+def test_every_task_preset(task: str) -> None:
+    cfg = compose_config([f"task={task}", "arch=two_area"])
+    data = sampler(cfg.task, 4, 0)
+    batch = data.batch(0)
+    assert cfg.model.dt == cfg.task.dt and cfg.model.input_size == batch.inputs.shape[-1] == data.spec.n_inputs
+    outputs, _ = CTRNN(cfg.model)(batch.inputs)
+    assert outputs.shape[-1] == data.spec.n_outputs
+    if data.spec.kind == "classification":
+        assert batch.decision.any(1).all(), f"{task}: decision period {cfg.task.decision_period!r} never occurs"
+    else:
+        assert cfg.task.decision_period is None
+
+
+@pytest.mark.parametrize("model", options("model"))
+@pytest.mark.parametrize("arch", options("arch"))
+def test_every_model_and_arch(model: str, arch: str) -> None:
+    cfg = compose_config([f"model={model}", f"arch={arch}"])
+    net = CTRNN(cfg.model)
+    assert list(net.structure.area_names) == list(cfg.model.areas)
+    assert (net.structure.sign != 0).all() == (model == "ei")
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment(experiment: str) -> None:
+    cfg = compose_config([f"experiment={experiment}"])
+    assert cfg.name == experiment and len(cfg.model.areas) > 1
+
+
+@pytest.mark.parametrize("logging", options("logging"))
+def test_logging_presets(logging: str) -> None:
+    assert compose_config([f"logging={logging}"]).logging.scalars_every > 0

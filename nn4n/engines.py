@@ -33,8 +33,8 @@ def reference(
     w_t = w_rec.t()
     v, rates, preacts = h0, [], []
     r = f(v)
-    for t in range(drive.shape[1]):
-        v = torch.lerp(v, torch.addmm(drive[:, t], r, w_t), alpha)
+    for drive_t in drive.unbind(1):  # unbind, not drive[:, t]: backward stays O(T)
+        v = torch.lerp(v, torch.addmm(drive_t, r, w_t), alpha)
         r = f(v)
         rates.append(r)
         preacts.append(v)
@@ -55,18 +55,17 @@ def _activate(name: str, v: torch.Tensor, out: torch.Tensor) -> None:
         torch._C._nn.softplus(v, 1, 20, out=out)
 
 
-def _derivative(name: str, r: torch.Tensor, v: torch.Tensor | None) -> torch.Tensor:
-    """``f'(v)`` from the rates ``r = f(v)`` (softplus needs ``v``), as autograd computes it."""
-    if name == "relu":
-        return (r > 0).to(r.dtype)
-    if name == "tanh":
-        return 1 - r * r
-    if name == "sigmoid":
-        return r * (1 - r)
-    if name == "retanh":
-        return (1 - r * r).mul_(r > 0)
-    assert v is not None
-    return torch.sigmoid(v).masked_fill_(v > 20, 1)  # softplus, threshold 20 as in F.softplus
+def _times_derivative_(name: str, grad: torch.Tensor, r: torch.Tensor, v: torch.Tensor | None) -> None:
+    """``grad *= f'(v)`` in place, with autograd's own kernels (``r = f(v)``; softplus needs ``v``)."""
+    aten = torch.ops.aten
+    if name in ("tanh", "retanh"):
+        aten.tanh_backward.grad_input(grad, r, grad_input=grad)
+    elif name == "sigmoid":
+        aten.sigmoid_backward.grad_input(grad, r, grad_input=grad)
+    elif name == "softplus":
+        aten.softplus_backward.grad_input(grad, v, 1, 20, grad_input=grad)
+    if name in ("relu", "retanh"):  # r > 0 exactly where v > 0
+        aten.threshold_backward.grad_input(grad, r, 0, grad_input=grad)
 
 
 class _Fused(torch.autograd.Function):
@@ -86,14 +85,15 @@ class _Fused(torch.autograd.Function):
         z_all = drive.new_empty(b, t_len, n) if need_z else None
         r0 = ACTIVATIONS[activation](h0)
         w_t = w_rec.t()
+        vs = preact.unbind(1) if keep_v else preact.unbind(0) * ((t_len + 1) // 2)
+        zs = z_all if z_all is not None else rates  # z_t = r_{t-1} W^T + drive_t, in place of drive_t
+        zs.copy_(drive)
         v, r = h0, r0
-        for t in range(t_len):
-            v_new = preact[:, t] if keep_v else preact[t % 2]
-            z = z_all[:, t] if z_all is not None else v_new
-            torch.addmm(drive[:, t], r, w_t, out=z)
+        for z, v_new, r_new in zip(zs.unbind(1), vs, rates.unbind(1)):
+            z.addmm_(r, w_t)
             torch.lerp(v, z, a, out=v_new)
-            v, r = v_new, rates[:, t]
-            _activate(activation, v, r)
+            _activate(activation, v_new, r_new)
+            v, r = v_new, r_new
         ctx.activation = activation
         ctx.save_for_backward(h0, r0, w_rec, alpha, rates, preact if keep_v else None, z_all)
         return rates, (preact if return_preact else None)
@@ -108,32 +108,37 @@ class _Fused(torch.autograd.Function):
         a = alpha.expand(n)
         one_minus_a = 1 - a
         w_a = a[:, None] * w_rec  # dL/dr_{t-1} = (a * dL/dv_t) W = dL/dv_t (diag(a) W)
-        deriv = _derivative(ctx.activation, rates, preact)
-        gv = torch.empty_like(rates)  # dL/dv_t, then dL/dz_t = a dL/dv_t = dL/d drive_t
-        torch.mul(g_rates[:, -1], deriv[:, -1], out=gv[:, -1])
-        if g_preact is not None:
-            gv[:, -1] += g_preact[:, -1]
-        for t in range(t_len - 2, -1, -1):
-            out = gv[:, t]
-            torch.addmm(g_rates[:, t], gv[:, t + 1], w_a, out=out)
-            out.mul_(deriv[:, t]).addcmul_(one_minus_a, gv[:, t + 1])
-            if g_preact is not None:
-                out += g_preact[:, t]
+        act = ctx.activation
+        gv = g_rates.clone(memory_format=torch.contiguous_format)  # dL/dv_t, then dL/d drive_t = a dL/dv_t
+        gvs, rs = gv.unbind(1), rates.unbind(1)
+        vs = preact.unbind(1) if preact is not None else rs
+        gps = g_preact.unbind(1) if g_preact is not None else None
+        for t in reversed(range(t_len)):
+            g = gvs[t]
+            if t + 1 < t_len:
+                g.addmm_(gvs[t + 1], w_a)
+            _times_derivative_(act, g, rs[t], vs[t])
+            if t + 1 < t_len:
+                g.addcmul_(one_minus_a, gvs[t + 1])
+            if gps is not None:
+                g.add_(gps[t])
         need = ctx.needs_input_grad
         g_h0 = g_w = g_alpha = None
         if need[1]:
-            g_h0 = (gv[:, 0] @ w_a).mul_(_derivative(ctx.activation, r0, h0)).addcmul_(one_minus_a, gv[:, 0])
+            g_h0 = gv[:, 0] @ w_a
+            _times_derivative_(act, g_h0, r0, h0)
+            g_h0.addcmul_(one_minus_a, gv[:, 0])
         if need[3]:
-            scratch = deriv
-            torch.sub(z_all[:, 1:], preact[:, :-1], out=scratch[:, 1:])
-            torch.sub(z_all[:, 0], h0, out=scratch[:, 0])
-            g_alpha = scratch.mul_(gv).sum((0, 1)).sum_to_size(alpha.shape)
+            z_minus_v = z_all.clone()
+            z_minus_v[:, 1:] -= preact[:, :-1]
+            z_minus_v[:, 0] -= h0
+            g_alpha = z_minus_v.mul_(gv).sum((0, 1)).sum_to_size(alpha.shape)
         gv.mul_(a)
-        if need[2]:
-            r_prev = deriv  # reuse the buffer: r_{t-1} for every step
-            r_prev[:, 1:] = rates[:, :-1]
-            r_prev[:, 0] = r0
-            g_w = gv.reshape(-1, n).t() @ r_prev.reshape(-1, n)
+        if need[2]:  # sum_t dz_t^T r_{t-1}: one product over the flattened (B T) rows, shifted by one
+            flat_g, flat_r = gv.view(-1, n), rates.view(-1, n)  # row b T + t pairs with b T + t - 1 ...
+            g_w = flat_g[1:].t() @ flat_r[:-1]
+            g_w.addmm_(gv[:, 0].t(), r0)  # ... so add each trial's first step (r_{-1} = f(h0)) and
+            g_w.addmm_(gv[1:, 0].t(), rates[:-1, -1], alpha=-1)  # drop the pairs across two trials
         return gv, g_h0, g_w, g_alpha, None, None
 
 

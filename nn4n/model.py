@@ -205,7 +205,7 @@ class CTRNN(nn.Module):
         noisy = self.training if noise is None else noise
         batch = inputs.shape[0]
         alpha = self.alpha
-        w_in = self.w_in
+        w_in = self.w_in.t().contiguous().t()  # column-major: the weight gradient takes the fast GEMM path
         drive = F.linear(inputs, w_in, self.b_rec)
         # Both noises are white in continuous time, discretised so that their effect on v does not
         # change with dt: a * (drive + sqrt(2/a) sigma xi) = a * drive + sqrt(2a) sigma xi.

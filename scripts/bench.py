@@ -144,7 +144,7 @@ def _status(key: str) -> int:
 
 
 def peak_child(name: str, n: int, batch: int, steps: int, device: str, nn4n1: str) -> None:
-    """(Subprocess) peak memory above the resting state over two iterations, and their best time."""
+    """(Subprocess) peak memory of one iteration above the resting state (model and data built)."""
     dev = torch.device(device)
     step = build(name, n, batch, steps, dev, Path(nn4n1))
     sync(dev)
@@ -154,21 +154,22 @@ def peak_child(name: str, n: int, batch: int, steps: int, device: str, nn4n1: st
     else:
         Path("/proc/self/clear_refs").write_text("5")  # resets the RSS high-water mark (VmHWM)
         base = _status("VmRSS")
-    seconds = []
-    for _ in range(2):
-        t0 = time.perf_counter()
-        step()
-        sync(dev)
-        seconds.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    step()
+    sync(dev)
+    seconds = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else _status("VmHWM")
-    print(json.dumps({"peak": peak - base, "seconds": min(seconds)}))
+    print(json.dumps({"peak": peak - base, "seconds": seconds}))
 
 
 def measure_peak(name: str, n: int, batch: int, steps: int, args: argparse.Namespace) -> dict | None:
     """Run :func:`peak_child` in a fresh process (so other candidates' memory does not count)."""
     cmd = [sys.executable, __file__, "--peak", name, str(n), str(batch), str(steps), "--device", args.device,
            "--threads", str(torch.get_num_threads()), "--nn4n1", str(args.nn4n1)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # every allocation of 64 KiB or more gets its own mapping, given back when freed: RSS then
+    # follows the live tensors instead of what glibc keeps cached (which made peaks vary 2-3x)
+    env = os.environ | {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
         print(f"  peak memory of {name} N={n} B={batch} T={steps} failed: {proc.stderr.strip().splitlines()[-1:]}")
         return None
@@ -182,7 +183,7 @@ def mib(nbytes: float | None) -> str:
 def speed_table(args: argparse.Namespace, device: torch.device) -> None:
     configs = [(64, 64), (256, 64), (256, 1024)]
     names = ["fused", "reference", "naive loop", "torch.nn.RNN", NN4N1]
-    print(f"\n### One training iteration, E/I network, T={T_STEPS} (best of {args.rounds} interleaved rounds)\n")
+    print(f"\n### One training iteration, E/I network, T={T_STEPS} (best of {args.rounds} interleaved rounds, half as many at batch 1024)\n")
     print("| N | batch | implementation | ms / iteration | time / fused | peak MiB |")
     print("|---:|---:|---|---:|---:|---:|")
     for n, batch in configs:
@@ -192,7 +193,7 @@ def speed_table(args: argparse.Namespace, device: torch.device) -> None:
                 steps[name] = build(name, n, batch, T_STEPS, device, args.nn4n1)
             except Exception as err:  # e.g. nn4n 1.x not installed: skip the row, say why
                 print(f"| {n} | {batch} | {name} | skipped: {err} | | |")
-        times = best_times(steps, device, args.rounds)
+        times = best_times(steps, device, args.rounds if batch <= 64 else max(2, args.rounds // 2))
         for name, sec in times.items():
             peak = measure_peak(name, n, batch, T_STEPS, args) if args.memory else None
             print(f"| {n} | {batch} | {name} | {sec * 1e3:,.1f} | {sec / times['fused']:.2f} | {mib(peak and peak['peak'])} |")
@@ -203,23 +204,31 @@ def spin() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
+def with_threads(k: int, step: Step) -> Step:
+    def run() -> None:
+        torch.set_num_threads(k)
+        step()
+
+    return run
+
+
 def thread_table(args: argparse.Namespace, device: torch.device) -> None:
     print(f"\n### Torch threads (batch 64, T={T_STEPS}; ms / iteration, best of {args.rounds} interleaved rounds)\n")
-    print("| N | engine | other load | 1 thread | 2 threads | 2 / 1 |")
-    print("|---:|---|---|---:|---:|---:|")
+    print("| N | engine | competing | load avg | 1 thread | 2 threads | 2 / 1 |")
+    print("|---:|---|---|---:|---:|---:|---:|")
     for n in (64, 256):
         for engine in ("fused", "reference"):
             step = build(engine, n, 64, T_STEPS, device, args.nn4n1)
-            for load in ("none", "1 busy process"):
-                spinner = spin() if load != "none" else None
+            for load in ("nothing started", "1 busy process"):
+                spinner = spin() if load != "nothing started" else None
                 try:
-                    steps = {k: (lambda k=k: (torch.set_num_threads(k), step())[1]) for k in (1, 2)}
-                    times = best_times(steps, device, args.rounds)
+                    times = best_times({k: with_threads(k, step) for k in (1, 2)}, device, args.rounds)
                 finally:
                     if spinner is not None:
                         spinner.kill()
                         spinner.wait()
-                print(f"| {n} | {engine} | {load} | {times[1] * 1e3:,.1f} | {times[2] * 1e3:,.1f} | {times[2] / times[1]:.2f} |")
+                print(f"| {n} | {engine} | {load} | {os.getloadavg()[0]:.1f} | {times[1] * 1e3:,.1f} | {times[2] * 1e3:,.1f} "
+                      f"| {times[2] / times[1]:.2f} |")
     torch.set_num_threads(args.threads)
 
 

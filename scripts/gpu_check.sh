@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# CUDA check for a lent GPU machine (no internet; under 5 minutes): the engine tests on cpu and cuda,
+# then the quick CUDA benchmark. Prints everything; exits non-zero if either part fails.
+#   bash scripts/gpu_check.sh            # uses python3 (the one holding a CUDA torch)
+#   PYTHON=path/to/venv/bin/python bash scripts/gpu_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's nn4n, installed or not
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+"$PY" - <<'EOF' || exit 1
+import torch, nn4n.engines
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, available: {torch.cuda.is_available()}")
+print("engines:", ", ".join(nn4n.engines.ENGINES))
+assert torch.cuda.is_available(), "no CUDA device"
+EOF
+
+status=0
+echo "== pytest tests/test_engines.py (cpu + cuda)"
+timeout 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_engines.py || status=1
+echo "== scripts/bench.py --device cuda --quick"
+timeout 180 "$PY" scripts/bench.py --device cuda --quick || status=1
+exit $status

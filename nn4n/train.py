@@ -184,7 +184,7 @@ def train(cfg: Config, run_dir: Path) -> dict[str, float]:
         set_rng_state(state["rng"])
         start, best, elapsed = state["step"], state["best"], state["elapsed"]
         log.info("resuming from step %d of %s", start, ckpt_dir / "last.pt")
-    monitor = Monitor(run_dir / "tensorboard", purge_step=start or None)
+    monitor = Monitor(run_dir / "tensorboard", purge_step=start + 1 if start else None)  # keep step `start`
     if start == 0:
         monitor.text("config", "```\n" + OmegaConf.to_yaml(OmegaConf.structured(cfg)) + "\n```")
         monitor.text("structure", "```\n" + model.structure.summary() + "\n```")

@@ -200,7 +200,9 @@ def test_optuna_sweep_records_the_best_trial(tmp_path: Path) -> None:
 def compose_hydra(overrides: list[str]) -> dict:
     from hydra import compose, initialize_config_module
 
-    import nn4n.cli  # noqa: F401  (registers the schema config.yaml starts from)
+    from nn4n.config import register_schema
+
+    register_schema()  # the schema config.yaml starts from
 
     with initialize_config_module(version_base="1.3", config_module="nn4n_configs"):
         cfg = compose("config", overrides=overrides, return_hydra_config=True)

@@ -1,6 +1,7 @@
 """Notebook access to a finished (or running) run: its model, its config and fresh activity records."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -8,29 +9,39 @@ from omegaconf import OmegaConf
 
 from .checkpoint import load_checkpoint
 from .config import Config
+from .ensemble import network_seed
 from .evaluate import activity_record, evaluate
 from .model import CTRNN
-from .train import EVAL_SEED_OFFSET, resolve, sampler
+from .train import EVAL_SEED_OFFSET, network_dir, resolve, sampler
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[CTRNN, Config]:
-    """The network of ``run_dir/checkpoints/{checkpoint}.pt`` ('best' or 'last') and the run's config."""
+def load_run(run_dir: str | Path, checkpoint: str = "best", network: int = 0) -> tuple[CTRNN, Config]:
+    """A network of a run, from its best checkpoint or the run's last one ('best' or 'last'),
+    and the run's config (``cfg.model.seed`` set to that network's seed).
+
+    ``network`` picks one of a run's ``train.n_networks`` networks (0 for a one-network run).
+    """
     run_dir = Path(run_dir)
     cfg = resolve(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
-    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    n_networks = cfg.train.n_networks
+    if not 0 <= network < n_networks:
+        raise ValueError(f"network: must be in [0, {n_networks}) for the run in {run_dir}, got {network!r}")
+    cfg.model = dataclasses.replace(cfg.model, seed=network_seed(cfg.model.seed, network))
     if checkpoint == "best":
-        return CTRNN.load(path), cfg
+        return CTRNN.load(network_dir(run_dir, network, n_networks) / "checkpoints" / "best.pt"), cfg
     model = CTRNN(cfg.model)
-    model.load_state_dict(load_checkpoint(path)["model"])
+    model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")["models"][network])
     return model, cfg
 
 
-def activity_from_run(run_dir: str | Path, n_trials: int = 256, checkpoint: str = "best") -> dict[str, np.ndarray]:
+def activity_from_run(
+    run_dir: str | Path, n_trials: int = 256, checkpoint: str = "best", network: int = 0
+) -> dict[str, np.ndarray]:
     """Run ``n_trials`` held-out trials through a saved network; same keys as ``activity.npz``.
 
     Pass the result to :func:`nn4n.figures.all_figures` (or any single figure function).
     """
-    model, cfg = load_run(run_dir, checkpoint)
+    model, cfg = load_run(run_dir, checkpoint, network)
     held_out = sampler(cfg.task, n_trials, cfg.seed + EVAL_SEED_OFFSET)
     batch, kind = held_out.batch(0), held_out.spec.kind
     _, outputs, activity = evaluate(model, batch, kind)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-FORMAT = "nn4n.checkpoint/1"
+FORMAT = "nn4n.checkpoint/2"
 
 
 def rng_state() -> dict[str, Any]:

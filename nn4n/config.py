@@ -98,6 +98,7 @@ class TrainConfig:
     engine: str = "auto"
     threads: int = 1
     data_workers: int = 1
+    n_networks: int = 1
     reg: Regularizers = field(default_factory=Regularizers)
 
     def __post_init__(self) -> None:
@@ -107,7 +108,7 @@ class TrainConfig:
         _check(re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device) is not None, "train.device",
                f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         _positive(self.lr, "train.lr")
-        for key in ("steps", "batch_size", "eval_every", "eval_trials", "checkpoint_every", "threads"):
+        for key in ("steps", "batch_size", "eval_every", "eval_trials", "checkpoint_every", "threads", "n_networks"):
             _positive(getattr(self, key), f"train.{key}")
         _check(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay!r}")
         _check(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip!r}")

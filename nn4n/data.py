@@ -41,6 +41,20 @@ class TrialBatch:
         """Copy of the batch with its tensors in pinned memory."""
         return dataclasses.replace(self, **{f: getattr(self, f).pin_memory() for f in _TENSORS})
 
+    def split(self, parts: int) -> list[TrialBatch]:
+        """The trials as ``parts`` consecutive batches of equal size (one per network), as views."""
+        size = len(self.lengths) // parts
+        if size * parts != len(self.lengths):
+            raise ValueError(f"cannot split {len(self.lengths)} trials into {parts} equal parts")
+        return [
+            TrialBatch(
+                **{f: getattr(self, f)[i * size:(i + 1) * size] for f in _TENSORS},
+                conditions={k: v[i * size:(i + 1) * size] for k, v in self.conditions.items()},
+                epochs={k: v[i * size:(i + 1) * size] for k, v in self.epochs.items()},
+            )
+            for i in range(parts)
+        ]
+
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float | bool | np.number | np.bool_)

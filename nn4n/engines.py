@@ -20,6 +20,16 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+def _step_alpha(alpha: torch.Tensor, w_rec: torch.Tensor) -> torch.Tensor:
+    """``alpha`` shaped to broadcast over one step's (B, N) or (K, B, N) state: (1, N) or (K, 1, N)."""
+    return alpha.expand(*w_rec.shape[:-2], w_rec.shape[-1]).unsqueeze(-2)
+
+
+def _mm_(out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """``out += scale * x @ w`` in place, for one network (2-D) or a stack of networks (3-D)."""
+    return out.addmm_(x, w, alpha=scale) if w.dim() == 2 else out.baddbmm_(x, w, alpha=scale)
+
+
 def reference(
     drive: torch.Tensor,
     h0: torch.Tensor,
@@ -28,17 +38,21 @@ def reference(
     activation: str,
     return_preact: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Plain autograd loop over time. ``drive`` (B, T, N), ``h0`` (B, N), ``alpha`` (N,)."""
+    """Plain autograd loop over time. ``drive`` (B, T, N), ``h0`` (B, N), ``alpha`` (N,).
+
+    K networks at once: a leading network dimension on every argument, ``drive`` (K, B, T, N),
+    ``h0`` (K, B, N), ``w_rec`` (K, N, N), ``alpha`` (K, N).
+    """
     f = ACTIVATIONS[activation]
-    w_t = w_rec.t()
+    w_t, a = w_rec.mT, _step_alpha(alpha, w_rec)
     v, rates, preacts = h0, [], []
     r = f(v)
-    for drive_t in drive.unbind(1):  # unbind, not drive[:, t]: backward stays O(T)
-        v = torch.lerp(v, torch.addmm(drive_t, r, w_t), alpha)
+    for drive_t in drive.unbind(-2):  # unbind, not drive[..., t, :]: backward stays O(T)
+        v = torch.lerp(v, drive_t + r @ w_t, a)
         r = f(v)
         rates.append(r)
         preacts.append(v)
-    return torch.stack(rates, 1), (torch.stack(preacts, 1) if return_preact else None)
+    return torch.stack(rates, -2), (torch.stack(preacts, -2) if return_preact else None)
 
 
 def _activate(name: str, v: torch.Tensor, out: torch.Tensor) -> None:
@@ -69,28 +83,28 @@ def _times_derivative_(name: str, grad: torch.Tensor, r: torch.Tensor, v: torch.
 
 
 class _Fused(torch.autograd.Function):
-    """Whole-sequence recurrence with hand-written BPTT; buffers are (B, T, N), steps are slices."""
+    """Whole-sequence recurrence with hand-written BPTT; buffers are (.., B, T, N), steps are slices."""
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, drive: torch.Tensor, h0: torch.Tensor, w_rec: torch.Tensor, alpha: torch.Tensor,
         activation: str, return_preact: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        b, t_len, n = drive.shape
-        a = alpha.expand(n)
+        t_len = drive.shape[-2]
+        a = _step_alpha(alpha, w_rec)
         need_z = ctx.needs_input_grad[3]  # d alpha needs z_t - v_{t-1}
         keep_v = return_preact or need_z or activation == "softplus"
-        rates = drive.new_empty(b, t_len, n)
-        preact = drive.new_empty(b, t_len, n) if keep_v else drive.new_empty(2, b, n)
-        z_all = drive.new_empty(b, t_len, n) if need_z else None
+        rates = torch.empty_like(drive)
+        preact = torch.empty_like(drive) if keep_v else drive.new_empty(2, *h0.shape)
+        z_all = torch.empty_like(drive) if need_z else None
         r0 = ACTIVATIONS[activation](h0)
-        w_t = w_rec.t()
-        vs = preact.unbind(1) if keep_v else preact.unbind(0) * ((t_len + 1) // 2)
+        w_t = w_rec.mT
+        vs = preact.unbind(-2) if keep_v else preact.unbind(0) * ((t_len + 1) // 2)
         zs = z_all if z_all is not None else rates  # z_t = r_{t-1} W^T + drive_t, in place of drive_t
         zs.copy_(drive)
         v, r = h0, r0
-        for z, v_new, r_new in zip(zs.unbind(1), vs, rates.unbind(1)):
-            z.addmm_(r, w_t)
+        for z, v_new, r_new in zip(zs.unbind(-2), vs, rates.unbind(-2)):
+            _mm_(z, r, w_t)
             torch.lerp(v, z, a, out=v_new)
             _activate(activation, v_new, r_new)
             v, r = v_new, r_new
@@ -104,19 +118,19 @@ class _Fused(torch.autograd.Function):
         ctx: Any, g_rates: torch.Tensor, g_preact: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
         h0, r0, w_rec, alpha, rates, preact, z_all = ctx.saved_tensors
-        b, t_len, n = rates.shape
-        a = alpha.expand(n)
+        t_len, n = rates.shape[-2:]
+        a = _step_alpha(alpha, w_rec)
         one_minus_a = 1 - a
-        w_a = a[:, None] * w_rec  # dL/dr_{t-1} = (a * dL/dv_t) W = dL/dv_t (diag(a) W)
+        w_a = a.mT * w_rec  # dL/dr_{t-1} = (a * dL/dv_t) W = dL/dv_t (diag(a) W)
         act = ctx.activation
         gv = g_rates.clone(memory_format=torch.contiguous_format)  # dL/dv_t, then dL/d drive_t = a dL/dv_t
-        gvs, rs = gv.unbind(1), rates.unbind(1)
-        vs = preact.unbind(1) if preact is not None else rs
-        gps = g_preact.unbind(1) if g_preact is not None else None
+        gvs, rs = gv.unbind(-2), rates.unbind(-2)
+        vs = preact.unbind(-2) if preact is not None else rs
+        gps = g_preact.unbind(-2) if g_preact is not None else None
         for t in reversed(range(t_len)):
             g = gvs[t]
             if t + 1 < t_len:
-                g.addmm_(gvs[t + 1], w_a)
+                _mm_(g, gvs[t + 1], w_a)
             _times_derivative_(act, g, rs[t], vs[t])
             if t + 1 < t_len:
                 g.addcmul_(one_minus_a, gvs[t + 1])
@@ -124,21 +138,22 @@ class _Fused(torch.autograd.Function):
                 g.add_(gps[t])
         need = ctx.needs_input_grad
         g_h0 = g_w = g_alpha = None
+        first = gv[..., 0, :]
         if need[1]:
-            g_h0 = gv[:, 0] @ w_a
+            g_h0 = first @ w_a
             _times_derivative_(act, g_h0, r0, h0)
-            g_h0.addcmul_(one_minus_a, gv[:, 0])
+            g_h0.addcmul_(one_minus_a, first)
         if need[3]:
             z_minus_v = z_all.clone()
-            z_minus_v[:, 1:] -= preact[:, :-1]
-            z_minus_v[:, 0] -= h0
-            g_alpha = z_minus_v.mul_(gv).sum((0, 1)).sum_to_size(alpha.shape)
-        gv.mul_(a)
+            z_minus_v[..., 1:, :] -= preact[..., :-1, :]
+            z_minus_v[..., 0, :] -= h0
+            g_alpha = z_minus_v.mul_(gv).sum((-3, -2)).sum_to_size(alpha.shape)
+        gv.mul_(a.unsqueeze(-2))
         if need[2]:  # sum_t dz_t^T r_{t-1}: one product over the flattened (B T) rows, shifted by one
-            flat_g, flat_r = gv.view(-1, n), rates.view(-1, n)  # row b T + t pairs with b T + t - 1 ...
-            g_w = flat_g[1:].t() @ flat_r[:-1]
-            g_w.addmm_(gv[:, 0].t(), r0)  # ... so add each trial's first step (r_{-1} = f(h0)) and
-            g_w.addmm_(gv[1:, 0].t(), rates[:-1, -1], alpha=-1)  # drop the pairs across two trials
+            flat_g, flat_r = gv.flatten(-3, -2), rates.flatten(-3, -2)  # row b T + t pairs with b T + t - 1 ...
+            g_w = flat_g[..., 1:, :].mT @ flat_r[..., :-1, :]
+            _mm_(g_w, first.mT, r0)  # ... so add each trial's first step (r_{-1} = f(h0)) and
+            _mm_(g_w, gv[..., 1:, 0, :].mT, rates[..., :-1, -1, :], -1)  # drop the pairs across two trials
         return gv, g_h0, g_w, g_alpha, None, None
 
 

@@ -8,7 +8,18 @@ import torch
 
 from .data import TrialBatch
 from .metrics import choices, decision_accuracy, decision_targets, masked_mse, task_loss
+from .ensemble import Ensemble
 from .model import CTRNN, Activity
+
+
+def scores(outputs: torch.Tensor, batch: TrialBatch, kind: str) -> dict[str, float]:
+    """``loss`` and ``accuracy`` (classification) or ``mse`` (regression) of one network's outputs."""
+    metrics = {"loss": task_loss(outputs, batch, kind).item()}
+    if kind == "classification":
+        metrics["accuracy"] = decision_accuracy(outputs, batch)
+    else:
+        metrics["mse"] = masked_mse(outputs, batch)
+    return metrics
 
 
 @torch.no_grad()
@@ -18,12 +29,17 @@ def evaluate(model: CTRNN, batch: TrialBatch, kind: str) -> tuple[dict[str, floa
     model.eval()
     outputs, activity = model(batch.inputs)
     model.train(was_training)
-    metrics = {"loss": task_loss(outputs, batch, kind).item()}
-    if kind == "classification":
-        metrics["accuracy"] = decision_accuracy(outputs, batch)
-    else:
-        metrics["mse"] = masked_mse(outputs, batch)
-    return metrics, outputs, activity
+    return scores(outputs, batch, kind), outputs, activity
+
+
+@torch.no_grad()
+def evaluate_ensemble(ensemble: Ensemble, batch: TrialBatch, kind: str) -> list[tuple[dict[str, float], torch.Tensor, Activity]]:
+    """:func:`evaluate` for every network of ``ensemble`` on the same held-out trials, in one batched run."""
+    was_training = ensemble.training
+    ensemble.eval()
+    outputs, activities = ensemble(batch.inputs.expand(len(ensemble), *batch.inputs.shape))
+    ensemble.train(was_training)
+    return [(scores(out, batch, kind), out, act) for out, act in zip(outputs, activities)]
 
 
 def activity_record(model: CTRNN, batch: TrialBatch, outputs: torch.Tensor, activity: Activity, kind: str) -> dict[str, np.ndarray]:

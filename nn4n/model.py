@@ -202,8 +202,15 @@ class CTRNN(nn.Module):
         return_preact: bool = False,
     ) -> tuple[torch.Tensor, Activity]:
         """Run ``inputs`` (batch, time, input_size) from ``h0`` (batch, neurons) or the resting state."""
+        drive, h0 = self.drive(inputs, h0, noise)
+        rates, preact = ENGINES[self.engine](drive, h0, self.w_rec, self.alpha, self.config.activation, return_preact)
+        return self.readout(rates), Activity(rates, self.structure, preact)
+
+    def drive(
+        self, inputs: torch.Tensor, h0: torch.Tensor | None = None, noise: bool | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The input drive of every step (``W_in u + b``, noise folded in) and the initial state."""
         noisy = self.training if noise is None else noise
-        batch = inputs.shape[0]
         alpha = self.alpha
         w_in = self.w_in.t().contiguous().t()  # column-major: the weight gradient takes the fast GEMM path
         drive = F.linear(inputs, w_in, self.b_rec)
@@ -217,10 +224,13 @@ class CTRNN(nn.Module):
         if noisy and self._rec_noise:
             drive = drive + torch.randn_like(drive) * (self.noise_std * torch.sqrt(2.0 / alpha))
         if h0 is None:
-            h0 = (self.h0 if self.h0 is not None else drive.new_zeros(self.structure.n_neurons)).expand(batch, -1)
-        rates, preact = ENGINES[self.engine](drive, h0, self.w_rec, alpha, self.config.activation, return_preact)
-        outputs = F.linear(rates, self.w_out, self.b_out)
-        return outputs, Activity(rates, self.structure, preact)
+            rest = self.h0 if self.h0 is not None else drive.new_zeros(self.structure.n_neurons)
+            h0 = rest.expand(inputs.shape[0], -1)
+        return drive, h0
+
+    def readout(self, rates: torch.Tensor) -> torch.Tensor:
+        """Outputs ``W_out r + b_out`` of rates (..., neurons)."""
+        return F.linear(rates, self.w_out, self.b_out)
 
     # ----------------------------------------------------------------------------- files
     def save(self, path: str | Path) -> None:

@@ -1,4 +1,10 @@
-"""One training run: trial batches -> network -> loss -> optimizer step, with logs, checkpoints and activity."""
+"""One training run: trial batches -> networks -> loss -> optimizer step, with logs, checkpoints and activity.
+
+A run trains ``train.n_networks`` independent networks at once (:class:`nn4n.ensemble.Ensemble`).
+With one network every file sits in the run directory. With K > 1, network k's TensorBoard run,
+best checkpoint, activity and metrics sit in ``networks/<k>/``, and the run's ``metrics.json``
+holds their mean, standard deviation and each network's own values.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -22,11 +28,11 @@ from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, ConfigError, TaskConfig, check_schema, to_config
-from .data import TrialSampler, batch_stream
+from .data import TrialBatch, TrialSampler, batch_stream
 from .engines import ENGINES
-from .evaluate import activity_record, evaluate, save_activity
+from .ensemble import Ensemble
+from .evaluate import activity_record, evaluate_ensemble, save_activity
 from .metrics import task_loss
-from .model import CTRNN
 from .monitor import Monitor
 from .regularizers import regularization
 
@@ -80,8 +86,8 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any], run_dir: Pat
 
 def check_disk_space(cfg: Config, run_dir: Path, n_neurons: int, n_steps: int) -> None:
     """Fail before training if ``run_dir`` cannot hold the checkpoints and activity arrays."""
-    params = n_neurons * (n_neurons + cfg.model.input_size + cfg.model.output_size + 4)
-    activity = cfg.train.eval_trials * n_steps * (n_neurons + 2 * cfg.model.output_size) * 4
+    params = cfg.train.n_networks * n_neurons * (n_neurons + cfg.model.input_size + cfg.model.output_size + 4)
+    activity = cfg.train.n_networks * cfg.train.eval_trials * n_steps * (n_neurons + 2 * cfg.model.output_size) * 4
     needed = 6 * params * 4 + 2 * activity + 50 * 2**20  # last + best (+ temporaries) + optimizer state + logs
     free = shutil.disk_usage(run_dir).free
     if free < needed:
@@ -116,7 +122,7 @@ def _engine(name: str) -> str:
     return ("fused" if "fused" in ENGINES else "reference") if name == "auto" else name
 
 
-def _optimizer(cfg: Config, model: CTRNN) -> torch.optim.Optimizer:
+def _optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
     t = cfg.train
     if t.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
@@ -149,127 +155,201 @@ def _progress(cfg: Config, start: int) -> tqdm | None:
     return tqdm(total=cfg.train.steps, initial=start, desc="train", dynamic_ncols=True) if bar else None
 
 
-def train(cfg: Config, run_dir: Path) -> dict[str, float]:
-    """Train ``cfg`` into ``run_dir``; resumes from ``run_dir/checkpoints/last.pt`` if it exists.
+def network_dir(run_dir: Path, index: int, n_networks: int) -> Path:
+    """Where network ``index`` of a run of ``n_networks`` keeps its own files."""
+    return run_dir if n_networks == 1 else run_dir / "networks" / f"{index:0{len(str(n_networks - 1))}d}"
 
-    Writes ``tensorboard/``, ``checkpoints/{last,best}.pt``, ``activity.npz`` and, last of all,
-    ``metrics.json`` (its presence marks a finished run). Returns the final metrics.
-    """
-    torch.set_num_threads(cfg.train.threads)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    device = _device(cfg.train.device)
-    train_data = sampler(cfg.task, cfg.train.batch_size, cfg.seed)
-    kind = train_data.spec.kind
-    held_out = sampler(cfg.task, cfg.train.eval_trials, cfg.seed + EVAL_SEED_OFFSET).batch(0).to(device)
-    model = CTRNN(cfg.model, engine=_engine(cfg.train.engine)).to(device)
-    optimizer = _optimizer(cfg, model)
-    model.apply_plasticity(optimizer)
-    schedule = _schedule(cfg, optimizer)
-    ckpt_dir = run_dir / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    check_disk_space(cfg, run_dir, model.structure.n_neurons, held_out.inputs.shape[1])
-    flat_config = flatten(dataclasses.asdict(cfg))
-    start, best, elapsed = 0, -math.inf, 0.0
-    if (ckpt_dir / "last.pt").exists():
+
+def _write_json(path: Path, values: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(values, indent=2))
+    tmp.replace(path)
+
+
+def _summary(per_network: list[dict[str, Any]]) -> dict[str, Any]:
+    """Run metrics of K networks: mean and sample sd of every per-network score, and each network's."""
+    summary: dict[str, Any] = {"n_networks": len(per_network)}
+    for key in ("loss", "accuracy", "mse"):
+        if key in per_network[0]:
+            values = np.array([m[key] for m in per_network], dtype=float)
+            summary[key], summary[f"{key}_sd"] = float(values.mean()), float(values.std(ddof=1))
+    return summary | {k: per_network[0][k] for k in ("steps", "wall_time_s")} | {"networks": per_network}
+
+
+class Trainer:
+    """Everything a run holds between steps: data, networks, optimizer, monitors, best scores."""
+
+    def __init__(self, cfg: Config, run_dir: Path) -> None:
+        torch.set_num_threads(cfg.train.threads)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        self.cfg, self.run_dir, self.device = cfg, run_dir, _device(cfg.train.device)
+        n_networks = cfg.train.n_networks
+        self.train_data = sampler(cfg.task, n_networks * cfg.train.batch_size, cfg.seed)
+        self.kind = self.train_data.spec.kind
+        self.held_out = sampler(cfg.task, cfg.train.eval_trials, cfg.seed + EVAL_SEED_OFFSET).batch(0).to(self.device)
+        self.ensemble = Ensemble(cfg.model, n_networks, engine=_engine(cfg.train.engine)).to(self.device)
+        self.networks = list(self.ensemble.networks)
+        self.optimizer = _optimizer(cfg, self.ensemble)
+        for net in self.networks:
+            net.apply_plasticity(self.optimizer)
+        self.schedule = _schedule(cfg, self.optimizer)
+        self.last_path = run_dir / "checkpoints" / "last.pt"
+        self.dirs = [network_dir(run_dir, i, n_networks) for i in range(n_networks)]
+        for path in (run_dir, *self.dirs):
+            (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        check_disk_space(cfg, run_dir, self.networks[0].structure.n_neurons, self.held_out.inputs.shape[1])
+        self.flat_config = flatten(dataclasses.asdict(cfg))
+        self.start, self.best, elapsed = 0, [-math.inf] * n_networks, 0.0
+        if self.last_path.exists():
+            elapsed = self._resume()
+        purge = self.start + 1 if self.start else None  # keep the checkpointed step's own events
+        self.monitors = [Monitor(path / "tensorboard", purge_step=purge) for path in self.dirs]
+        self.began = time.perf_counter() - elapsed
+        self.progress: tqdm | None = None
+
+    def _resume(self) -> float:
+        """Load ``checkpoints/last.pt``; return the training time it had already taken."""
         try:
-            state = load_checkpoint(ckpt_dir / "last.pt", device)
+            state = load_checkpoint(self.last_path, self.device)
         except ValueError as err:
             raise TrainingError(str(err)) from None
-        check_resumable(state["config"], flat_config, run_dir)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
+        check_resumable(state["config"], self.flat_config, self.run_dir)
+        for net, weights in zip(self.networks, state["models"], strict=True):
+            net.load_state_dict(weights)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
         set_rng_state(state["rng"])
-        start, best, elapsed = state["step"], state["best"], state["elapsed"]
-        log.info("resuming from step %d of %s", start, ckpt_dir / "last.pt")
-    monitor = Monitor(run_dir / "tensorboard", purge_step=start + 1 if start else None)  # keep step `start`
-    if start == 0:
-        monitor.text("config", "```\n" + OmegaConf.to_yaml(OmegaConf.structured(cfg)) + "\n```")
-        monitor.text("structure", "```\n" + model.structure.summary() + "\n```")
-        log.info("network:\n%s", model.structure.summary())
-    log.info("task %s (%s), device %s, engine %s", cfg.task.name, kind, device, model.engine)
-    stream: Iterator = batch_stream(train_data, start, cfg.train.data_workers, pin_memory=device.type == "cuda")
-    progress = _progress(cfg, start)
-    clip = cfg.train.grad_clip or math.inf
-    began = time.perf_counter() - elapsed
-    last = cfg.train.steps
+        self.start, self.best = state["step"], list(state["best"])
+        log.info("resuming from step %d of %s", self.start, self.last_path)
+        return state["elapsed"]
 
-    def save_state(step: int) -> None:
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
+    def run(self) -> dict[str, Any]:
+        """Train from the current step to ``train.steps``, then write the final results."""
+        cfg, last = self.cfg, self.cfg.train.steps
+        if self.start == 0:
+            for net, monitor in zip(self.networks, self.monitors):
+                monitor.text("config", "```\n" + OmegaConf.to_yaml(OmegaConf.structured(cfg)) + "\n```")
+                monitor.text("structure", "```\n" + net.structure.summary() + "\n```")
+            log.info("network:\n%s", self.networks[0].structure.summary())
+        log.info("task %s (%s), %d network(s), device %s, engine %s",
+                 cfg.task.name, self.kind, len(self.networks), self.device, self.ensemble.engine)
+        stream: Iterator = batch_stream(self.train_data, self.start, cfg.train.data_workers,
+                                        pin_memory=self.device.type == "cuda")
+        self.progress = _progress(cfg, self.start)
+        with _deferred_signals() as received, contextlib.ExitStack() as stack:
+            for monitor in self.monitors:
+                stack.callback(monitor.close)
+            for step in range(self.start + 1, last + 1):
+                self._train_step(step, next(stream).to(self.device, non_blocking=True))
+                if _every(step, cfg.train.eval_every, last):
+                    self._evaluate(step)
+                if _every(step, cfg.train.checkpoint_every, last) or received:
+                    self._save(step)
+                if received:
+                    name = signal.Signals(received[0]).name
+                    raise Interrupted(f"{name} at step {step}: checkpoint saved; run the same command again to resume", received[0])
+                if self.progress is not None:
+                    self.progress.update(1)
+            if self.progress is not None:
+                self.progress.close()
+            return self._finish()
+
+    def _train_step(self, step: int, batch: TrialBatch) -> None:
+        """Forward all networks on their own trials, backward, clip each network, optimizer step, log."""
+        cfg, last, k = self.cfg, self.cfg.train.steps, len(self.networks)
+        parts = batch.split(k)
+        outputs, activities = self.ensemble(batch.inputs.view(k, -1, *batch.inputs.shape[1:]))
+        terms = [
+            {"task": task_loss(out, part, self.kind), **regularization(cfg.train.reg, net, act, part.mask > 0)}
+            for net, out, act, part in zip(self.networks, outputs, activities, parts)
+        ]
+        totals = torch.stack([sum(t.values()) for t in terms])  # type: ignore[misc]
+        self.optimizer.zero_grad(set_to_none=True)
+        totals.sum().backward()
+        clip = cfg.train.grad_clip or math.inf
+        norms = torch.stack([torch.nn.utils.clip_grad_norm_(net.parameters(), clip) for net in self.networks])
+        if not torch.isfinite(norms).all():
+            bad = int((~torch.isfinite(norms)).nonzero()[0])
+            which = f"network {bad}: " if k > 1 else ""
+            raise TrainingError(
+                f"step {step}: {which}loss {totals[bad].item():.4g}, gradient norm {norms[bad].item():.4g} is not finite; "
+                f"stopped without updating weights (last good checkpoint: {self.last_path})"
+            )
+        self.optimizer.step()
+        self.schedule.step()
+        if _every(step, cfg.logging.scalars_every, last):
+            lr = self.schedule.get_last_lr()[0]
+            for i, (monitor, net, act, part) in enumerate(zip(self.monitors, self.networks, activities, parts)):
+                values = {f"loss/{name}": v.item() for name, v in terms[i].items()}
+                values |= {"loss/total": totals[i].item(), "train/grad_norm": norms[i].item(), "train/lr": lr}
+                monitor.scalars(step, values)
+                monitor.activity(step, net, act, part.mask > 0)
+            if self.progress is None:
+                log.info("step %d/%d  loss %.4f", step, last, totals.mean().item())
+        if cfg.logging.histograms_every and step % cfg.logging.histograms_every == 0:
+            for monitor, net, act, part in zip(self.monitors, self.networks, activities, parts):
+                monitor.histograms(step, net, act, part.mask > 0)
+
+    def _evaluate(self, step: int) -> None:
+        """Held-out metrics of every network; a network's best so far is saved as its ``best.pt``."""
+        cfg, results = self.cfg, evaluate_ensemble(self.ensemble, self.held_out, self.kind)
+        for i, (net, monitor, (metrics, outputs, activity)) in enumerate(zip(self.networks, self.monitors, results)):
+            monitor.scalars(step, metrics, "eval/")
+            score = metrics.get("accuracy", -metrics.get("mse", math.inf))
+            if score > self.best[i]:
+                self.best[i] = score
+                net.save(self.dirs[i] / "checkpoints" / "best.pt")
+            if cfg.logging.figures_every and step % cfg.logging.figures_every == 0:
+                monitor.figures(step, activity_record(net, self.held_out, outputs, activity, self.kind))
+        mean = {key: float(np.mean([m[key] for m, _, _ in results])) for key in results[0][0]}
+        message = "  ".join(f"{key} {value:.4f}" for key, value in mean.items())
+        (self.progress.set_postfix_str(message) if self.progress else log.info("step %d eval: %s", step, message))
+
+    def _save(self, step: int) -> None:
+        save_checkpoint(self.last_path, {
+            "models": [net.state_dict() for net in self.networks],
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
             "rng": rng_state(),
             "step": step,
-            "best": best,
-            "elapsed": time.perf_counter() - began,
-            "config": flat_config,
-        }
-        save_checkpoint(ckpt_dir / "last.pt", state)
+            "best": self.best,
+            "elapsed": time.perf_counter() - self.began,
+            "config": self.flat_config,
+        })
 
-    with _deferred_signals() as received, contextlib.closing(monitor):
-        for step in range(start + 1, last + 1):
-            batch = next(stream).to(device, non_blocking=True)
-            outputs, activity = model(batch.inputs)
-            valid = batch.mask > 0
-            losses = {"task": task_loss(outputs, batch, kind), **regularization(cfg.train.reg, model, activity, valid)}
-            loss = sum(losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            if not torch.isfinite(grad_norm):
-                raise TrainingError(
-                    f"step {step}: loss {loss.item():.4g}, gradient norm {grad_norm.item():.4g} is not finite; "
-                    f"stopped without updating weights (last good checkpoint: {ckpt_dir / 'last.pt'})"
-                )
-            optimizer.step()
-            schedule.step()
-            if _every(step, cfg.logging.scalars_every, last):
-                values = {f"loss/{k}": v.item() for k, v in losses.items()}
-                values |= {"loss/total": loss.item(), "train/grad_norm": grad_norm.item(), "train/lr": schedule.get_last_lr()[0]}
-                monitor.scalars(step, values)
-                monitor.activity(step, model, activity, valid)
-                if progress is None:
-                    log.info("step %d/%d  loss %.4f", step, last, loss.item())
-            if cfg.logging.histograms_every and step % cfg.logging.histograms_every == 0:
-                monitor.histograms(step, model, activity, valid)
-            if _every(step, cfg.train.eval_every, last):
-                metrics, eval_outputs, eval_activity = evaluate(model, held_out, kind)
-                monitor.scalars(step, metrics, "eval/")
-                score = metrics.get("accuracy", -metrics.get("mse", math.inf))
-                if score > best:
-                    best = score
-                    model.save(ckpt_dir / "best.pt")
-                if cfg.logging.figures_every and step % cfg.logging.figures_every == 0:
-                    monitor.figures(step, activity_record(model, held_out, eval_outputs, eval_activity, kind))
-                message = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-                (progress.set_postfix_str(message) if progress else log.info("step %d eval: %s", step, message))
-            if _every(step, cfg.train.checkpoint_every, last) or received:
-                save_state(step)
-            if received:
-                name = signal.Signals(received[0]).name
-                raise Interrupted(f"{name} at step {step}: checkpoint saved; run the same command again to resume", received[0])
-            if progress is not None:
-                progress.update(1)
-        if progress is not None:
-            progress.close()
-        return _finish(cfg, run_dir, model, held_out, kind, monitor, time.perf_counter() - began)
+    def _finish(self) -> dict[str, Any]:
+        """Final held-out evaluation: activity arrays, figures, HParams, then ``metrics.json`` (last)."""
+        cfg, n_networks = self.cfg, len(self.networks)
+        wall = round(time.perf_counter() - self.began, 2)
+        per_network = []
+        results = evaluate_ensemble(self.ensemble, self.held_out, self.kind)
+        for i, (net, monitor, (metrics, outputs, activity)) in enumerate(zip(self.networks, self.monitors, results)):
+            record = activity_record(net, self.held_out, outputs, activity, self.kind)
+            if cfg.logging.save_activity:
+                save_activity(self.dirs[i] / "activity.npz", record)
+            if cfg.logging.figures:
+                monitor.figures(cfg.train.steps, record)
+            metrics |= {"steps": cfg.train.steps, "wall_time_s": wall}
+            params = self.flat_config
+            if n_networks > 1:
+                metrics["seed"] = net.config.seed
+                params = params | {"network": i, "network_seed": net.config.seed}
+                _write_json(self.dirs[i] / "metrics.json", metrics)
+            monitor.hparams(params, metrics)
+            per_network.append(metrics)
+        summary = per_network[0] if n_networks == 1 else _summary(per_network)
+        _write_json(self.run_dir / "metrics.json", summary)
+        log.info("done: %s", "  ".join(f"{k} {v}" for k, v in summary.items() if k != "networks"))
+        return summary
 
 
-def _finish(cfg: Config, run_dir: Path, model: CTRNN, held_out: Any, kind: str, monitor: Monitor, wall: float) -> dict[str, float]:
-    """Final held-out evaluation: activity arrays, figures, HParams, then ``metrics.json``."""
-    metrics, outputs, activity = evaluate(model, held_out, kind)
-    record = activity_record(model, held_out, outputs, activity, kind)
-    if cfg.logging.save_activity:
-        save_activity(run_dir / "activity.npz", record)
-    if cfg.logging.figures:
-        monitor.figures(cfg.train.steps, record)
-    metrics |= {"steps": cfg.train.steps, "wall_time_s": round(wall, 2)}
-    monitor.hparams(flatten(dataclasses.asdict(cfg)), metrics)
-    tmp = run_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2))
-    tmp.replace(run_dir / "metrics.json")
-    log.info("done: %s", "  ".join(f"{k} {v}" for k, v in metrics.items()))
-    return metrics
+def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """Train ``cfg`` into ``run_dir``; resumes from ``run_dir/checkpoints/last.pt`` if it exists.
+
+    Writes ``tensorboard/``, ``checkpoints/{last,best}.pt``, ``activity.npz`` (per network, see the
+    module docstring) and, last of all, ``metrics.json`` (its presence marks a finished run).
+    Returns the final metrics.
+    """
+    return Trainer(cfg, run_dir).run()

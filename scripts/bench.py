@@ -6,6 +6,9 @@ when installed in a separate venv, nn4n 1.1.1 — all in one process, interleave
 rounds. Then (full run) the thread count study, peak memory against time and batch, and the
 N=1024 / batch 256 / T=500 check. Prints Markdown tables.
 
+Then K networks at once (``Ensemble``) against K one after another, and an ``nn4n-train``
+iteration (real NeuroGym batches from the loader, logging) against the pure model step.
+
     python scripts/bench.py [--device cpu|cuda] [--threads K] [--quick] [--nn4n1 VENV]
 """
 from __future__ import annotations
@@ -19,6 +22,7 @@ import platform
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -29,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nn4n.engines import ENGINES
+from nn4n.ensemble import Ensemble
 from nn4n.model import CTRNN
 from nn4n.structure import NetworkConfig, Structure
 
@@ -199,6 +204,74 @@ def speed_table(args: argparse.Namespace, device: torch.device) -> None:
             print(f"| {n} | {batch} | {name} | {sec * 1e3:,.1f} | {sec / times['fused']:.2f} | {mib(peak and peak['peak'])} |")
 
 
+def ensemble_step(n: int, n_networks: int, batch: int, device: torch.device) -> Step:
+    """One training iteration of ``n_networks`` networks at once, each on its own batch."""
+    torch.manual_seed(0)
+    x = torch.randn(n_networks, batch, T_STEPS, N_IN, device=device)
+    y = 0.1 * torch.randn(n_networks, batch, T_STEPS, N_OUT, device=device)
+    model = Ensemble(e_i_config(n), n_networks, engine="fused").to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.mse_loss(model(x)[0], y, reduction="none").mean((1, 2, 3)).sum().backward()
+        opt.step()
+
+    return step
+
+
+def networks_table(args: argparse.Namespace, device: torch.device) -> None:
+    sizes = [(64, 8), (256, 8)] + ([(256, 32)] if device.type == "cuda" else [])
+    print(f"\n### K networks at once (batch 64 each, T={T_STEPS}; best of {args.rounds} interleaved rounds)\n")
+    print("| N | K | one network, ms | K at once, ms | K at once / one | throughput vs K one after another |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for n, k in sizes:
+        times = best_times({"one": ensemble_step(n, 1, 64, device), "all": ensemble_step(n, k, 64, device)},
+                           device, args.rounds)
+        print(f"| {n} | {k} | {times['one'] * 1e3:,.1f} | {times['all'] * 1e3:,.1f} | {times['all'] / times['one']:.2f} "
+              f"| {k * times['one'] / times['all']:.2f}x |")
+
+
+def end_to_end_table(args: argparse.Namespace, device: torch.device, n_steps: int = 100) -> None:
+    """The training loop's own iteration (loader batches, logging) against the model step on one fixed batch."""
+    from hydra import compose, initialize_config_module
+
+    from nn4n.config import register_schema
+    from nn4n.data import batch_stream
+    from nn4n.train import Trainer, resolve
+
+    register_schema()
+    print(f"\n### nn4n-train iteration vs pure model step (default run: E/I N=128, PerceptualDecisionMaking, "
+          f"batch 64; {n_steps} steps, best of {args.rounds} rounds)\n")
+    print("| what | ms / iteration | / model step |")
+    print("|---|---:|---:|")
+    overrides = [f"train.device={device}", f"train.threads={args.threads}", "train.steps=1000000"]
+    with initialize_config_module("nn4n_configs", version_base="1.3"):
+        real = resolve(compose("config", overrides))
+        bare = resolve(compose("config", [*overrides, "logging.scalars_every=0", "logging.histograms_every=0"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        loop, model_only = Trainer(real, Path(tmp) / "loop"), Trainer(bare, Path(tmp) / "model")
+        fixed = model_only.train_data.batch(0).to(device)
+        stream = batch_stream(loop.train_data, 0, real.train.data_workers, pin_memory=device.type == "cuda")
+        counter = iter(range(1, 10**9))
+
+        def loop_steps() -> None:  # exactly what Trainer.run does per step between evaluations
+            for _ in range(n_steps):
+                loop._train_step(next(counter), next(stream).to(device, non_blocking=True))
+
+        def model_steps() -> None:
+            for step in range(1, n_steps + 1):
+                model_only._train_step(step, fixed)
+
+        times = best_times({"model step (fixed batch, no logging)": model_steps,
+                            "nn4n-train iteration (loader + logging)": loop_steps}, device, args.rounds, budget=0)
+        base = times["model step (fixed batch, no logging)"]
+        for name, sec in times.items():
+            print(f"| {name} | {sec / n_steps * 1e3:,.1f} | {sec / base:.2f} |")
+        for monitor in (*loop.monitors, *model_only.monitors):
+            monitor.close()
+
+
 def spin() -> subprocess.Popen:
     """A busy process competing for the cores (what a second training job or a test run does)."""
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
@@ -280,6 +353,8 @@ def main() -> None:
     what = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(f"torch {torch.__version__}, {device} ({what}), {args.threads} threads, load average {os.getloadavg()[0]:.1f}")
     speed_table(args, device)
+    networks_table(args, device)
+    end_to_end_table(args, device)
     if not args.quick:
         if device.type == "cpu":
             thread_table(args, device)

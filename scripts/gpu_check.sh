@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# CUDA check for a lent GPU machine (no internet; under 5 minutes): the engine tests on cpu and cuda,
-# then the quick CUDA benchmark. Prints everything; exits non-zero if either part fails.
+# CUDA check for a lent GPU machine (no internet; under 5 minutes): the engine and ensemble tests on
+# cpu and cuda, then the quick CUDA benchmark (speed, K networks at once, nn4n-train iteration).
+# Prints everything; exits non-zero if either part fails.
 #   bash scripts/gpu_check.sh            # uses python3 (the one holding a CUDA torch)
 #   PYTHON=path/to/venv/bin/python bash scripts/gpu_check.sh
 set -uo pipefail
@@ -17,8 +18,8 @@ assert torch.cuda.is_available(), "no CUDA device"
 EOF
 
 status=0
-echo "== pytest tests/test_engines.py (cpu + cuda)"
-timeout 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_engines.py || status=1
+echo "== pytest engines and ensembles (cpu + cuda)"
+timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_engines.py tests/test_ensemble.py -k "not nn4n_train" || status=1
 echo "== scripts/bench.py --device cuda --quick"
 timeout 180 "$PY" scripts/bench.py --device cuda --quick || status=1
 exit $status

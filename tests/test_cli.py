@@ -80,7 +80,7 @@ def test_checkpoints_reload(debug_run: Path) -> None:
     state = load_checkpoint(debug_run / "checkpoints" / "last.pt")
     assert state["step"] == 20 and state["config"]["seed"] == 3
     final = CTRNN(model.config)
-    final.load_state_dict(state["model"])
+    final.load_state_dict(state["models"][0])
     act = np.load(debug_run / "activity.npz")
     np.testing.assert_allclose(final.w_rec.detach().numpy(), act["w_rec"])
     outputs, _ = final.eval()(torch.as_tensor(act["inputs"][:4]))

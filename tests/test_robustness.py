@@ -60,6 +60,7 @@ BAD_CONFIGS = [
     ("+task.params.coherence=3", "task.params"),
     ("+task.dirs=[/no/such/dir]", "task.dirs"),
     ("logging.progress=fancy", "logging.progress"),
+    ("train.n_networks=0", "train.n_networks"),
     # inconsistent areas
     ("model.input_areas=[V1]", "model.input_areas"),
     ("model.readout_areas=[PFC]", "model.readout_areas"),
@@ -187,8 +188,8 @@ def test_kill9_then_resume_is_bitwise_identical(tmp_path: Path) -> None:
     assert resumed.returncode == 0, err
     a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
     b = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")
-    for name, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][name]), name
+    for name, tensor in a["models"][0].items():
+        assert torch.equal(tensor, b["models"][0][name]), name
     acc = EventAccumulator(str(tmp_path / "killed" / "tensorboard")).Reload()
     steps = [e.step for e in acc.Scalars("loss/task")]
     assert steps == list(range(10, 151, 10))  # no duplicates from the killed process
@@ -218,7 +219,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 3 and "not finite" in err and "Traceback" not in err
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    assert all(torch.isfinite(t).all() for t in state["model"].values())
+    assert all(torch.isfinite(t).all() for t in state["models"][0].values())
     assert f"step {state['step'] + 1}:" in err and not (tmp_path / "run" / "metrics.json").exists()
 
 

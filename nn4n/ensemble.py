@@ -1,0 +1,64 @@
+"""K independent networks of one architecture, trained together through a leading network dimension.
+
+Each network has its own seed (so its own masks, initial weights and noise), its own parameters
+and, in training, its own trials. Their recurrences run as one batched time loop: on a GPU one
+kernel launch per step serves all K networks instead of K.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from .engines import ENGINES
+from .model import CTRNN, Activity
+from .structure import NetworkConfig
+
+
+def network_seed(seed: int, index: int) -> int:
+    """Seed of network ``index`` of an ensemble seeded ``seed``; network 0 keeps ``seed`` itself."""
+    if index == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0] >> 1)
+
+
+class Ensemble(nn.Module):
+    """``n_networks`` :class:`CTRNN`s of one config, network ``k`` seeded ``network_seed(seed, k)``.
+
+    ``forward(inputs)`` takes ``(K, batch, time, input_size)`` (network k reads ``inputs[k]``) and
+    returns outputs ``(K, batch, time, output_size)`` and one :class:`Activity` per network.
+    ``ensemble.networks[k]`` is a plain CTRNN: save it, analyse it, run it on its own.
+    """
+
+    def __init__(self, config: NetworkConfig | Mapping[str, Any], n_networks: int, engine: str = "reference") -> None:
+        super().__init__()
+        if not isinstance(config, NetworkConfig):
+            config = NetworkConfig.from_dict(config)
+        if n_networks < 1:
+            raise ValueError(f"n_networks: must be >= 1, got {n_networks!r}")
+        self.networks = nn.ModuleList(
+            CTRNN(dataclasses.replace(config, seed=network_seed(config.seed, k)), engine) for k in range(n_networks)
+        )
+        self.engine, self.activation = engine, config.activation
+
+    def __len__(self) -> int:
+        return len(self.networks)
+
+    def forward(
+        self, inputs: torch.Tensor, noise: bool | None = None, return_preact: bool = False
+    ) -> tuple[torch.Tensor, list[Activity]]:
+        nets = list(self.networks)
+        if inputs.shape[0] != len(nets):
+            raise ValueError(f"inputs: leading dimension {inputs.shape[0]} is not the number of networks {len(nets)}")
+        drives, h0s = zip(*(net.drive(x, noise=noise) for net, x in zip(nets, inputs)))
+        w_rec = torch.stack([net.w_rec for net in nets])
+        alpha = torch.stack([net.alpha.expand(net.structure.n_neurons) for net in nets])
+        rates, preact = ENGINES[self.engine](torch.stack(drives), torch.stack(h0s), w_rec, alpha, self.activation, return_preact)
+        outputs = torch.stack([net.readout(r) for net, r in zip(nets, rates)])
+        activities = [
+            Activity(rates[k], net.structure, None if preact is None else preact[k]) for k, net in enumerate(nets)
+        ]
+        return outputs, activities

@@ -1,0 +1,141 @@
+"""Many networks at once: the ensemble equals its networks run alone, and training keeps them apart."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from nn4n import CTRNN
+from nn4n.analysis import load_run
+from nn4n.config import register_schema
+from nn4n.engines import ENGINES
+from nn4n.ensemble import Ensemble, network_seed
+from nn4n.train import Trainer, resolve, sampler
+
+CONFIG = {
+    "areas": {"A": {"size": 13, "tau": 60.0}, "B": {"size": 6, "exc_frac": 0.5}},
+    "input_size": 3, "output_size": 2, "dale": True, "activation": "retanh",
+    "density": {"within": 0.5, "between": 0.3}, "learn_tau": True, "learn_h0": True,
+    "noise": {"rec": 0.1}, "seed": 7,
+}
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_ensemble_equals_its_networks_run_alone(engine: str, device: str) -> None:
+    ensemble = Ensemble(CONFIG, 3, engine).to(device)
+    inputs = torch.randn(3, 4, 10, 3, generator=torch.Generator().manual_seed(0)).to(device)
+    outputs, activities = ensemble(inputs, noise=False, return_preact=True)
+    weights = torch.linspace(-1, 1, outputs.numel(), device=device).view_as(outputs)
+    (outputs * weights).sum().backward()
+    for k, net in enumerate(ensemble.networks):
+        alone = CTRNN(net.config, engine).to(device)
+        alone.load_state_dict(net.state_dict())
+        out, act = alone(inputs[k], noise=False, return_preact=True)
+        (out * weights[k]).sum().backward()
+        torch.testing.assert_close(out, outputs[k], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(act.preact, activities[k].preact, rtol=1e-5, atol=1e-6)
+        for (name, p), q in zip(net.named_parameters(), alone.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=f"network {k}: {name}")
+
+
+def test_networks_have_their_own_seeds_masks_and_weights() -> None:
+    ensemble = Ensemble(CONFIG, 4)
+    seeds = [net.config.seed for net in ensemble.networks]
+    assert seeds[0] == 7 and len(set(seeds)) == 4 and seeds == [network_seed(7, k) for k in range(4)]
+    masks = [net.structure.rec_mask for net in ensemble.networks]
+    assert not np.array_equal(masks[0], masks[1])
+    assert all(int(m.sum()) == int(masks[0].sum()) for m in masks)  # same architecture, own draw
+    again = Ensemble(CONFIG, 4)
+    for a, b in zip(ensemble.networks, again.networks):
+        assert torch.equal(a.w_rec, b.w_rec)
+    with pytest.raises(ValueError, match="leading dimension 2"):
+        ensemble(torch.zeros(2, 1, 5, 3))
+
+
+def test_batch_splits_into_one_part_per_network() -> None:
+    batch = sampler(resolve_config([]).task, 6, 0).batch(0)
+    parts = batch.split(3)
+    assert [len(p.lengths) for p in parts] == [2, 2, 2]
+    assert torch.equal(torch.cat([p.inputs for p in parts]), batch.inputs)
+    assert np.array_equal(np.concatenate([p.conditions["ground_truth"] for p in parts]), batch.conditions["ground_truth"])
+    with pytest.raises(ValueError, match="6 trials into 4"):
+        batch.split(4)
+
+
+def resolve_config(overrides: list[str]):
+    register_schema()
+    with initialize_config_module("nn4n_configs", version_base="1.3"):
+        return resolve(compose("config", ["debug=fast", *overrides]))
+
+
+def test_one_network_never_feels_another(tmp_path: Path) -> None:
+    """Network 0 of a two-network run takes exactly the step it takes alone: own gradient clipping
+    (SGD, so a shared clip would shrink its step), own trials, own noise."""
+    overrides = ["train.optimizer=sgd", "train.grad_clip=0.01", "train.lr=0.5"]
+    nets = []
+    for n_networks in (1, 2):
+        trainer = Trainer(resolve_config([*overrides, f"train.n_networks={n_networks}"]), tmp_path / str(n_networks))
+        before = trainer.networks[0].w_rec.detach().clone()
+        torch.manual_seed(0)
+        trainer._train_step(1, trainer.train_data.batch(0).to(trainer.device))
+        nets.append((before, trainer.networks))
+    (before_1, alone), (before_2, together) = nets
+    assert torch.equal(before_1, before_2)
+    moved = (alone[0].w_rec - before_1).abs().max().item()
+    assert moved > 1e-4
+    torch.testing.assert_close(together[0].w_rec, alone[0].w_rec, rtol=0, atol=moved * 1e-4)
+    assert not torch.allclose(together[1].w_rec, alone[0].w_rec)
+
+
+@pytest.fixture(scope="module")
+def ensemble_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cwd = tmp_path_factory.mktemp("cwd")
+    run = subprocess.run([sys.executable, "-m", "nn4n", "debug=fast", "train.n_networks=3", "hydra.run.dir=run"],
+                         cwd=cwd, capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    assert run.returncode == 0, run.stderr
+    return cwd / "run"
+
+
+@pytest.mark.slow
+def test_nn4n_train_writes_each_network(ensemble_run: Path) -> None:
+    summary = json.loads((ensemble_run / "metrics.json").read_text())
+    assert summary["n_networks"] == 3 and len(summary["networks"]) == 3
+    per_network = [json.loads((ensemble_run / "networks" / str(k) / "metrics.json").read_text()) for k in range(3)]
+    assert per_network == summary["networks"]
+    losses = [m["loss"] for m in per_network]
+    assert summary["loss"] == pytest.approx(np.mean(losses)) and summary["loss_sd"] == pytest.approx(np.std(losses, ddof=1))
+    assert len(set(losses)) == 3
+    for k, metrics in enumerate(per_network):
+        net_dir = ensemble_run / "networks" / str(k)
+        assert metrics["seed"] == network_seed(0, k)
+        acc = EventAccumulator(str(net_dir / "tensorboard"), size_guidance={"scalars": 0}).Reload()
+        assert [e.step for e in acc.Scalars("loss/task")] == [5, 10, 15, 20]
+        assert acc.Scalars("eval/loss")[-1].value == pytest.approx(metrics["loss"])
+        assert acc.Scalars("hparam/loss")[-1].value == pytest.approx(metrics["loss"])
+        assert CTRNN.load(net_dir / "checkpoints" / "best.pt").config.seed == metrics["seed"]
+        last, cfg = load_run(ensemble_run, "last", network=k)
+        assert cfg.model.seed == metrics["seed"]
+        arrays = np.load(net_dir / "activity.npz")
+        np.testing.assert_array_equal(arrays["w_rec"], last.w_rec.detach().numpy())
+    assert not (ensemble_run / "tensorboard").exists() and not (ensemble_run / "activity.npz").exists()
+
+
+@pytest.mark.slow
+def test_nn4n_train_resumes_every_network(ensemble_run: Path) -> None:
+    before = json.loads((ensemble_run / "metrics.json").read_text())
+    (ensemble_run / "metrics.json").unlink()  # as if killed after the last checkpoint
+    run = subprocess.run([sys.executable, "-m", "nn4n", "debug=fast", "train.n_networks=3", f"hydra.run.dir={ensemble_run}"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "resuming from step 20" in (ensemble_run / "nn4n.log").read_text()
+    after = json.loads((ensemble_run / "metrics.json").read_text())
+    assert [m["loss"] for m in after["networks"]] == [m["loss"] for m in before["networks"]]

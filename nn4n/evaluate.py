@@ -7,24 +7,25 @@ import numpy as np
 import torch
 
 from .data import TrialBatch
-from .metrics import choices, decision_accuracy, decision_targets, masked_mse, task_loss
+from .metrics import choices, decision_accuracy, decision_targets, explained_variance, masked_mse, task_loss
 from .ensemble import Ensemble
 from .model import CTRNN, Activity
 
 
 def scores(outputs: torch.Tensor, batch: TrialBatch, kind: str) -> dict[str, float]:
-    """``loss`` and ``accuracy`` (classification) or ``mse`` (regression) of one network's outputs."""
+    """``loss`` and ``accuracy`` (classification) or ``mse`` and ``r2`` (regression) of one network's outputs."""
     metrics = {"loss": task_loss(outputs, batch, kind).item()}
     if kind == "classification":
         metrics["accuracy"] = decision_accuracy(outputs, batch)
     else:
         metrics["mse"] = masked_mse(outputs, batch)
+        metrics["r2"] = explained_variance(outputs, batch)
     return metrics
 
 
 @torch.no_grad()
 def evaluate(model: CTRNN, batch: TrialBatch, kind: str) -> tuple[dict[str, float], torch.Tensor, Activity]:
-    """Run held-out trials without noise; metrics are ``loss`` and ``accuracy`` or ``mse``."""
+    """Run held-out trials without noise; metrics as in :func:`scores`."""
     was_training = model.training
     model.eval()
     outputs, activity = model(batch.inputs)

@@ -49,3 +49,13 @@ def masked_mse(outputs: torch.Tensor, batch: TrialBatch) -> float:
     """Unweighted mean squared error over the steps with mask > 0 (regression tasks)."""
     valid = batch.mask > 0
     return (outputs - batch.targets)[valid].square().mean().item()
+
+
+def explained_variance(outputs: torch.Tensor, batch: TrialBatch) -> float:
+    """R^2 over the steps with mask > 0: 1 - squared error / squared deviation of the targets from
+    their mean (per output); 1 is perfect, 0 is no better than always answering the mean."""
+    valid = batch.mask > 0
+    targets = batch.targets[valid]
+    error = (outputs[valid] - targets).square().sum()
+    spread = (targets - targets.mean(0)).square().sum()
+    return (1 - error / spread).item()

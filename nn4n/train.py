@@ -169,7 +169,7 @@ def _write_json(path: Path, values: dict[str, Any]) -> None:
 def _summary(per_network: list[dict[str, Any]]) -> dict[str, Any]:
     """Run metrics of K networks: mean and sample sd of every per-network score, and each network's."""
     summary: dict[str, Any] = {"n_networks": len(per_network)}
-    for key in ("loss", "accuracy", "mse"):
+    for key in ("loss", "accuracy", "mse", "r2"):
         if key in per_network[0]:
             values = np.array([m[key] for m in per_network], dtype=float)
             summary[key], summary[f"{key}_sd"] = float(values.mean()), float(values.std(ddof=1))

@@ -28,7 +28,7 @@ def main() -> None:
         run_dir = args.out / task
         subprocess.run([sys.executable, "-m", "nn4n", *overrides, f"hydra.run.dir={run_dir}"], check=True)
         m = json.loads((run_dir / "metrics.json").read_text())
-        result = f"accuracy {m['accuracy']:.3f}" if "accuracy" in m else f"MSE {m['mse']:.4f}"
+        result = f"accuracy {m['accuracy']:.3f}" if "accuracy" in m else f"MSE {m['mse']:.4f}, R² {m['r2']:.3f}"
         rows.append(f"| {task} | {args.arch} | {result} | {m['wall_time_s'] / 60:.1f} min | `nn4n-train {' '.join(overrides)}` |")
         print("\n".join(rows), flush=True)
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from nn4n.data import TrialSampler
-from nn4n.metrics import choices, decision_accuracy, decision_targets, masked_mse, task_loss
+from nn4n.metrics import choices, decision_accuracy, decision_targets, explained_variance, masked_mse, task_loss
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,17 @@ def test_regression_loss_and_masked_mse():
     assert task_loss(outputs, batch, "regression").item() == pytest.approx(expected.item(), rel=1e-6)
     assert masked_mse(outputs, batch) == pytest.approx(squared.mean().item(), rel=1e-6)  # no padding here
     assert masked_mse(batch.targets, batch) == 0.0
+
+
+def test_explained_variance():
+    batch = TrialSampler("FlipFlop-v0", dt=20, batch_size=8, seed=0).batch(0)
+    assert explained_variance(batch.targets, batch) == 1.0
+    mean = batch.targets[batch.mask > 0].mean(0)
+    assert explained_variance(mean.expand_as(batch.targets), batch) == pytest.approx(0.0, abs=1e-6)
+    noisy = batch.targets + 0.1 * torch.randn_like(batch.targets)
+    error = masked_mse(noisy, batch) * batch.targets[batch.mask > 0].numel()
+    spread = (batch.targets[batch.mask > 0] - mean).square().sum().item()
+    assert explained_variance(noisy, batch) == pytest.approx(1 - error / spread, rel=1e-4)
 
 
 def test_masked_mse_ignores_padding():

@@ -36,6 +36,8 @@ def test_every_task_preset(task: str) -> None:
         assert batch.decision.any(1).all(), f"{task}: decision period {cfg.task.decision_period!r} never occurs"
     else:
         assert cfg.task.decision_period is None
+    silent = (sampler(cfg.task, 64, 0).batch(0).inputs.abs().amax((0, 1)) == 0).nonzero().flatten().tolist()
+    assert not silent, f"{task}: input channels {silent} are zero in every trial (e.g. a cue shorter than dt)"
 
 
 @pytest.mark.parametrize("model", options("model"))

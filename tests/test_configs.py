@@ -58,3 +58,9 @@ def test_every_experiment(experiment: str) -> None:
 @pytest.mark.parametrize("logging", options("logging"))
 def test_logging_presets(logging: str) -> None:
     assert compose_config([f"logging={logging}"]).logging.scalars_every > 0
+
+
+def test_long_training_preset() -> None:
+    train = compose_config(["train=long"]).train
+    assert (train.lr, train.steps, train.schedule) == (0.003, 2000, "cosine")
+    assert train.batch_size == compose_config([]).train.batch_size  # everything else from train/default

@@ -53,6 +53,9 @@ class Ensemble(nn.Module):
         nets = list(self.networks)
         if inputs.shape[0] != len(nets):
             raise ValueError(f"inputs: leading dimension {inputs.shape[0]} is not the number of networks {len(nets)}")
+        if len(nets) == 1:  # exactly the plain network's computation (unbatched matrix products)
+            outputs, activity = nets[0](inputs[0], noise=noise, return_preact=return_preact)
+            return outputs[None], [activity]
         drives, h0s = zip(*(net.drive(x, noise=noise) for net, x in zip(nets, inputs)))
         w_rec = torch.stack([net.w_rec for net in nets])
         alpha = torch.stack([net.alpha.expand(net.structure.n_neurons) for net in nets])

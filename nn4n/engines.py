@@ -118,7 +118,7 @@ class _Fused(torch.autograd.Function):
         ctx: Any, g_rates: torch.Tensor, g_preact: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
         h0, r0, w_rec, alpha, rates, preact, z_all = ctx.saved_tensors
-        t_len, n = rates.shape[-2:]
+        t_len = rates.shape[-2]
         a = _step_alpha(alpha, w_rec)
         one_minus_a = 1 - a
         w_a = a.mT * w_rec  # dL/dr_{t-1} = (a * dL/dv_t) W = dL/dv_t (diag(a) W)

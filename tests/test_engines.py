@@ -56,6 +56,16 @@ def test_engine_matches_reference(engine: str, activation: str, dtype: torch.dty
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("engine", FAST)
+def test_engine_matches_reference_for_stacked_networks(engine: str, device: str) -> None:
+    """A leading network dimension: K networks with their own weights, alphas and states."""
+    stacked = [torch.stack(parts) for parts in zip(*(problem((3, 8, 6), torch.float64, device, seed) for seed in range(4)))]
+    got, want = run(engine, stacked, "retanh"), run("reference", stacked, "retanh")
+    for name, x, y in zip(("rates", "preact", "drive", "h0", "w_rec", "alpha"), got, want):
+        assert_close(x, y, TOL[torch.float64], f"{engine}/stacked: {name}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("engine", FAST)
 def test_engine_without_preact(engine: str, device: str) -> None:
     """The common path: no preact requested, alpha fixed, h0 an expanded vector."""
     drive, h0, w, alpha = problem((5, 12, 9), torch.float64, device)

@@ -42,7 +42,7 @@ class Ensemble(nn.Module):
         self.networks = nn.ModuleList(
             CTRNN(dataclasses.replace(config, seed=network_seed(config.seed, k)), engine) for k in range(n_networks)
         )
-        self.engine, self.activation = engine, config.activation
+        self.engine = engine
 
     def __len__(self) -> int:
         return len(self.networks)
@@ -59,7 +59,8 @@ class Ensemble(nn.Module):
         drives, h0s = zip(*(net.drive(x, noise=noise) for net, x in zip(nets, inputs)))
         w_rec = torch.stack([net.w_rec for net in nets])
         alpha = torch.stack([net.alpha.expand(net.structure.n_neurons) for net in nets])
-        rates, preact = ENGINES[self.engine](torch.stack(drives), torch.stack(h0s), w_rec, alpha, self.activation, return_preact)
+        activation = nets[0].config.activation
+        rates, preact = ENGINES[self.engine](torch.stack(drives), torch.stack(h0s), w_rec, alpha, activation, return_preact)
         outputs = torch.stack([net.readout(r) for net, r in zip(nets, rates)])
         activities = [
             Activity(rates[k], net.structure, None if preact is None else preact[k]) for k, net in enumerate(nets)

@@ -242,7 +242,7 @@ class Trainer:
             for monitor in self.monitors:
                 stack.callback(monitor.close)
             for step in range(self.start + 1, last + 1):
-                self._train_step(step, next(stream).to(self.device, non_blocking=True))
+                self.train_step(step, next(stream).to(self.device, non_blocking=True))
                 if _every(step, cfg.train.eval_every, last):
                     self._evaluate(step)
                 if _every(step, cfg.train.checkpoint_every, last) or received:
@@ -256,14 +256,15 @@ class Trainer:
                 self.progress.close()
             return self._finish()
 
-    def _train_step(self, step: int, batch: TrialBatch) -> None:
+    def train_step(self, step: int, batch: TrialBatch) -> None:
         """Forward all networks on their own trials, backward, clip each network, optimizer step, log."""
         cfg, last, k = self.cfg, self.cfg.train.steps, len(self.networks)
         parts = batch.split(k)
+        valid = [part.mask > 0 for part in parts]
         outputs, activities = self.ensemble(batch.inputs.view(k, -1, *batch.inputs.shape[1:]))
         terms = [
-            {"task": task_loss(out, part, self.kind), **regularization(cfg.train.reg, net, act, part.mask > 0)}
-            for net, out, act, part in zip(self.networks, outputs, activities, parts)
+            {"task": task_loss(out, part, self.kind), **regularization(cfg.train.reg, net, act, ok)}
+            for net, out, act, part, ok in zip(self.networks, outputs, activities, parts, valid)
         ]
         totals = torch.stack([sum(t.values()) for t in terms])  # type: ignore[misc]
         self.optimizer.zero_grad(set_to_none=True)
@@ -281,16 +282,16 @@ class Trainer:
         self.schedule.step()
         if _every(step, cfg.logging.scalars_every, last):
             lr = self.schedule.get_last_lr()[0]
-            for i, (monitor, net, act, part) in enumerate(zip(self.monitors, self.networks, activities, parts)):
+            for i, (monitor, net, act) in enumerate(zip(self.monitors, self.networks, activities)):
                 values = {f"loss/{name}": v.item() for name, v in terms[i].items()}
                 values |= {"loss/total": totals[i].item(), "train/grad_norm": norms[i].item(), "train/lr": lr}
                 monitor.scalars(step, values)
-                monitor.activity(step, net, act, part.mask > 0)
+                monitor.activity(step, net, act, valid[i])
             if self.progress is None:
                 log.info("step %d/%d  loss %.4f", step, last, totals.mean().item())
         if cfg.logging.histograms_every and step % cfg.logging.histograms_every == 0:
-            for monitor, net, act, part in zip(self.monitors, self.networks, activities, parts):
-                monitor.histograms(step, net, act, part.mask > 0)
+            for monitor, net, act, ok in zip(self.monitors, self.networks, activities, valid):
+                monitor.histograms(step, net, act, ok)
 
     def _evaluate(self, step: int) -> None:
         """Held-out metrics of every network; a network's best so far is saved as its ``best.pt``."""

@@ -257,11 +257,11 @@ def end_to_end_table(args: argparse.Namespace, device: torch.device, n_steps: in
 
         def loop_steps() -> None:  # exactly what Trainer.run does per step between evaluations
             for _ in range(n_steps):
-                loop._train_step(next(counter), next(stream).to(device, non_blocking=True))
+                loop.train_step(next(counter), next(stream).to(device, non_blocking=True))
 
         def model_steps() -> None:
             for step in range(1, n_steps + 1):
-                model_only._train_step(step, fixed)
+                model_only.train_step(step, fixed)
 
         times = best_times({"model step (fixed batch, no logging)": model_steps,
                             "nn4n-train iteration (loader + logging)": loop_steps}, device, args.rounds, budget=0)

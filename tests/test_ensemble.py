@@ -86,7 +86,7 @@ def test_one_network_never_feels_another(tmp_path: Path) -> None:
         trainer = Trainer(resolve_config([*overrides, f"train.n_networks={n_networks}"]), tmp_path / str(n_networks))
         before = trainer.networks[0].w_rec.detach().clone()
         torch.manual_seed(0)
-        trainer._train_step(1, trainer.train_data.batch(0).to(trainer.device))
+        trainer.train_step(1, trainer.train_data.batch(0).to(trainer.device))
         nets.append((before, trainer.networks))
     (before_1, alone), (before_2, together) = nets
     assert torch.equal(before_1, before_2)

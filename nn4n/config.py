@@ -18,6 +18,7 @@ from .structure import NetworkConfig
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "step")
 ENGINE_CHOICES = ("auto", "reference", "fused")
+MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision
 
 
 class ConfigError(ValueError):
@@ -96,6 +97,7 @@ class TrainConfig:
     checkpoint_every: int = 250
     device: str = "auto"
     engine: str = "auto"
+    matmul_precision: str = "highest"
     threads: int = 1
     data_workers: int = 1
     n_networks: int = 1
@@ -105,6 +107,7 @@ class TrainConfig:
         _choice(self.optimizer, OPTIMIZERS, "train.optimizer")
         _choice(self.schedule, SCHEDULES, "train.schedule")
         _choice(self.engine, ENGINE_CHOICES, "train.engine")
+        _choice(self.matmul_precision, MATMUL_PRECISIONS, "train.matmul_precision")
         _check(re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device) is not None, "train.device",
                f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         _positive(self.lr, "train.lr")

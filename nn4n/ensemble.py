@@ -1,8 +1,9 @@
 """K independent networks of one architecture, trained together through a leading network dimension.
 
 Each network has its own seed (so its own masks, initial weights and noise), its own parameters
-and, in training, its own trials. Their recurrences run as one batched time loop: on a GPU one
-kernel launch per step serves all K networks instead of K.
+and, in training, its own trials. They run as one network with stacked weights (``Weights.stack``):
+one batched time loop and batched input and readout products, so that on a GPU one kernel launch
+serves all K networks instead of K.
 """
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .engines import ENGINES
-from .model import CTRNN, Activity
+from .model import CTRNN, Activity, Weights
 from .structure import NetworkConfig
 
 
@@ -56,12 +56,8 @@ class Ensemble(nn.Module):
         if len(nets) == 1:  # exactly the plain network's computation (unbatched matrix products)
             outputs, activity = nets[0](inputs[0], noise=noise, return_preact=return_preact)
             return outputs[None], [activity]
-        drives, h0s = zip(*(net.drive(x, noise=noise) for net, x in zip(nets, inputs)))
-        w_rec = torch.stack([net.w_rec for net in nets])
-        alpha = torch.stack([net.alpha.expand(net.structure.n_neurons) for net in nets])
-        activation = nets[0].config.activation
-        rates, preact = ENGINES[self.engine](torch.stack(drives), torch.stack(h0s), w_rec, alpha, activation, return_preact)
-        outputs = torch.stack([net.readout(r) for net, r in zip(nets, rates)])
+        weights = Weights.stack([net.effective_weights() for net in nets])
+        outputs, rates, preact = nets[0].run(weights, inputs, noise=noise, return_preact=return_preact)
         activities = [
             Activity(rates[k], net.structure, None if preact is None else preact[k]) for k, net in enumerate(nets)
         ]

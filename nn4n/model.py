@@ -9,6 +9,7 @@ checkpoints' consumers and logs all see the same effective matrices. ``|raw|`` r
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,40 @@ class SignedMask(nn.Module):
 
     def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
         return torch.where(self.signed, weight.abs(), weight)
+
+
+@dataclass
+class Weights:
+    """Effective parameters of one network, or of K networks stacked along a leading dimension."""
+
+    w_in: torch.Tensor  # (neurons, inputs)
+    w_rec: torch.Tensor  # (neurons, neurons) [post, pre]
+    w_out: torch.Tensor  # (outputs, neurons)
+    alpha: torch.Tensor  # (neurons,): dt / tau
+    noise_std: torch.Tensor  # (neurons,)
+    b_rec: torch.Tensor | None
+    b_out: torch.Tensor | None
+    h0: torch.Tensor | None
+
+    @classmethod
+    def stack(cls, networks: list[Weights]) -> Weights:
+        """K networks' weights as one, each field with a leading dimension K."""
+        fields = {f.name: [getattr(w, f.name) for w in networks] for f in dataclasses.fields(cls)}
+        return cls(**{name: None if parts[0] is None else torch.stack(parts) for name, parts in fields.items()})
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """``x W^T + b`` over the last dimension; with a stacked ``w`` (K, out, in), ``x`` is (K, ..., in)."""
+    if w.dim() == 2:
+        return F.linear(x, w, b)
+    flat = x.reshape(x.shape[0], -1, x.shape[-1])
+    y = flat @ w.mT if b is None else torch.baddbmm(b.unsqueeze(-2), flat, w.mT)
+    return y.view(*x.shape[:-1], w.shape[-2])
+
+
+def _per_neuron(x: torch.Tensor) -> torch.Tensor:
+    """A per-neuron vector (N,) or stack (K, N) shaped to broadcast over (B, T, N) or (K, B, T, N)."""
+    return x if x.dim() == 1 else x[:, None, None]
 
 
 @dataclass
@@ -194,6 +229,11 @@ class CTRNN(nn.Module):
         return [optimizer.register_step_pre_hook(save), optimizer.register_step_post_hook(rescale)]
 
     # ----------------------------------------------------------------------------- dynamics
+    def effective_weights(self) -> Weights:
+        """The effective parameters the dynamics use (with autograd); see :meth:`run`."""
+        return Weights(self.w_in, self.w_rec, self.w_out, self.alpha.expand(self.structure.n_neurons),
+                       self.noise_std, self.b_rec, self.b_out, self.h0)
+
     def forward(
         self,
         inputs: torch.Tensor,
@@ -202,35 +242,41 @@ class CTRNN(nn.Module):
         return_preact: bool = False,
     ) -> tuple[torch.Tensor, Activity]:
         """Run ``inputs`` (batch, time, input_size) from ``h0`` (batch, neurons) or the resting state."""
-        drive, h0 = self.drive(inputs, h0, noise)
-        rates, preact = ENGINES[self.engine](drive, h0, self.w_rec, self.alpha, self.config.activation, return_preact)
-        return self.readout(rates), Activity(rates, self.structure, preact)
+        outputs, rates, preact = self.run(self.effective_weights(), inputs, h0, noise, return_preact)
+        return outputs, Activity(rates, self.structure, preact)
 
-    def drive(
-        self, inputs: torch.Tensor, h0: torch.Tensor | None = None, noise: bool | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The input drive of every step (``W_in u + b``, noise folded in) and the initial state."""
+    def run(
+        self,
+        w: Weights,
+        inputs: torch.Tensor,
+        h0: torch.Tensor | None = None,
+        noise: bool | None = None,
+        return_preact: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Outputs, rates and (on request) preactivations of this architecture with weights ``w``.
+
+        ``w`` is :meth:`effective_weights` or K networks' stacked (:meth:`Weights.stack`); then
+        ``inputs`` (K, batch, time, input_size) and every result have the same leading K.
+        """
         noisy = self.training if noise is None else noise
-        alpha = self.alpha
-        w_in = self.w_in.t().contiguous().t()  # column-major: the weight gradient takes the fast GEMM path
-        drive = F.linear(inputs, w_in, self.b_rec)
+        alpha = _per_neuron(w.alpha)
+        # one network: column-major w_in, so that the weight gradient takes the fast GEMM path
+        w_in = w.w_in.mT.contiguous().mT if w.w_in.dim() == 2 else w.w_in
+        drive = _linear(inputs, w_in, w.b_rec)
         # Both noises are white in continuous time, discretised so that their effect on v does not
         # change with dt: a * (drive + sqrt(2/a) sigma xi) = a * drive + sqrt(2a) sigma xi.
         # Input noise is on the input features (shared by every neuron that receives a feature),
         # as in Song et al. 2016 (u + sqrt(2/a) sigma_in xi), with each neuron's own a.
         if noisy and self.config.noise.input > 0:
-            shared = F.linear(torch.randn_like(inputs) * self.config.noise.input, w_in)
+            shared = _linear(torch.randn_like(inputs) * self.config.noise.input, w_in, None)
             drive = drive + shared * torch.sqrt(2.0 / alpha)
         if noisy and self._rec_noise:
-            drive = drive + torch.randn_like(drive) * (self.noise_std * torch.sqrt(2.0 / alpha))
+            drive = drive + torch.randn_like(drive) * (_per_neuron(w.noise_std) * torch.sqrt(2.0 / alpha))
         if h0 is None:
-            rest = self.h0 if self.h0 is not None else drive.new_zeros(self.structure.n_neurons)
-            h0 = rest.expand(inputs.shape[0], -1)
-        return drive, h0
-
-    def readout(self, rates: torch.Tensor) -> torch.Tensor:
-        """Outputs ``W_out r + b_out`` of rates (..., neurons)."""
-        return F.linear(rates, self.w_out, self.b_out)
+            rest = w.h0 if w.h0 is not None else drive.new_zeros(w.alpha.shape)
+            h0 = rest.unsqueeze(-2).expand(*rest.shape[:-1], inputs.shape[-3], -1)
+        rates, preact = ENGINES[self.engine](drive, h0, w.w_rec, w.alpha, self.config.activation, return_preact)
+        return _linear(rates, w.w_out, w.b_out), rates, preact
 
     # ----------------------------------------------------------------------------- files
     def save(self, path: str | Path) -> None:

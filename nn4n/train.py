@@ -55,8 +55,8 @@ class Interrupted(TrainingError):
 
 
 # Settings that may differ when a run is resumed; everything else must match the checkpoint.
-RESUMABLE_CHANGES = ("train.device", "train.engine", "train.threads", "train.data_workers",
-                     "train.eval_every", "train.checkpoint_every", "logging.")
+RESUMABLE_CHANGES = ("train.device", "train.engine", "train.matmul_precision", "train.threads",
+                     "train.data_workers", "train.eval_every", "train.checkpoint_every", "logging.")
 
 
 @contextlib.contextmanager
@@ -181,6 +181,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: Path) -> None:
         torch.set_num_threads(cfg.train.threads)
+        torch.set_float32_matmul_precision(cfg.train.matmul_precision)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)

@@ -40,6 +40,7 @@ from nn4n.structure import NetworkConfig, Structure
 ROOT = Path(__file__).resolve().parents[1]
 N_IN, N_OUT, T_STEPS = 3, 3, 100
 NN4N1 = "nn4n 1.1.1"
+TF32 = " (TF32)"  # CUDA only: the same candidate with TF32 matrix products
 Step = Callable[[], None]
 
 
@@ -185,9 +186,27 @@ def mib(nbytes: float | None) -> str:
     return "-" if nbytes is None else f"{nbytes / 2**20:,.0f}"
 
 
+def with_precision(step: Step, tf32: bool) -> Step:
+    """(CUDA) ``step`` with float32 matrix products in TF32 or IEEE fp32 (the default restored after), for
+    our matmuls and cuDNN's RNN alike (cuDNN's RNN defaults to TF32: an unfair fp32 comparison)."""
+
+    def set_mode(mode: str) -> None:
+        torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.rnn.fp32_precision = mode
+
+    def run() -> None:
+        set_mode("tf32" if tf32 else "ieee")
+        try:
+            step()
+        finally:
+            set_mode("ieee")
+
+    return run
+
+
 def speed_table(args: argparse.Namespace, device: torch.device) -> None:
     configs = [(64, 64), (256, 64), (256, 1024)]
     names = ["fused", "reference", "naive loop", "torch.nn.RNN", NN4N1]
+    names += [f"fused{TF32}", f"torch.nn.RNN{TF32}"] if device.type == "cuda" else []
     print(f"\n### One training iteration, E/I network, T={T_STEPS} (best of {args.rounds} interleaved rounds, half as many at batch 1024)\n")
     print("| N | batch | implementation | ms / iteration | time / fused | peak MiB |")
     print("|---:|---:|---|---:|---:|---:|")
@@ -195,12 +214,13 @@ def speed_table(args: argparse.Namespace, device: torch.device) -> None:
         steps = {}
         for name in names:
             try:
-                steps[name] = build(name, n, batch, T_STEPS, device, args.nn4n1)
+                step = build(name.removesuffix(TF32), n, batch, T_STEPS, device, args.nn4n1)
+                steps[name] = with_precision(step, name.endswith(TF32)) if device.type == "cuda" else step
             except Exception as err:  # e.g. nn4n 1.x not installed: skip the row, say why
                 print(f"| {n} | {batch} | {name} | skipped: {err} | | |")
         times = best_times(steps, device, args.rounds if batch <= 64 else max(2, args.rounds // 2))
         for name, sec in times.items():
-            peak = measure_peak(name, n, batch, T_STEPS, args) if args.memory else None
+            peak = measure_peak(name.removesuffix(TF32), n, batch, T_STEPS, args) if args.memory else None
             print(f"| {n} | {batch} | {name} | {sec * 1e3:,.1f} | {sec / times['fused']:.2f} | {mib(peak and peak['peak'])} |")
 
 

@@ -1,6 +1,8 @@
 """Every engine gives the reference's rates, preactivations and gradients, on every device."""
 from __future__ import annotations
 
+from typing import Iterator
+
 import pytest
 import torch
 
@@ -63,6 +65,25 @@ def test_engine_matches_reference_for_stacked_networks(engine: str, device: str)
     for name, x, y in zip(("rates", "preact", "drive", "h0", "w_rec", "alpha"), got, want):
         assert_close(x, y, TOL[torch.float64], f"{engine}/stacked: {name}")
 
+
+
+@pytest.fixture
+def tf32() -> Iterator[None]:
+    """``train.matmul_precision=high``: TF32 matrix products on NVIDIA Ampere and newer."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    yield
+    torch.set_float32_matmul_precision(before)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("engine", FAST)
+def test_engine_with_tf32_matches_float64_reference(engine: str, device: str, tf32: None) -> None:
+    for shape in [*SHAPES, (16, 50, 64)]:
+        inputs = problem(shape, torch.float64, device)
+        got, want = run(engine, [x.float() for x in inputs], "relu"), run("reference", inputs, "relu")
+        for name, x, y in zip(("rates", "preact", "drive", "h0", "w_rec", "alpha"), got, want):
+            assert_close(x.double(), y, 1e-2, f"{engine}/tf32/{shape}: {name}")
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("engine", FAST)

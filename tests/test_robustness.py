@@ -61,6 +61,7 @@ BAD_CONFIGS = [
     ("+task.dirs=[/no/such/dir]", "task.dirs"),
     ("logging.progress=fancy", "logging.progress"),
     ("train.n_networks=0", "train.n_networks"),
+    ("train.matmul_precision=tf32", "train.matmul_precision"),
     # inconsistent areas
     ("model.input_areas=[V1]", "model.input_areas"),
     ("model.readout_areas=[PFC]", "model.readout_areas"),

@@ -190,15 +190,15 @@ def with_precision(step: Step, tf32: bool) -> Step:
     """(CUDA) ``step`` with float32 matrix products in TF32 or IEEE fp32 (the default restored after), for
     our matmuls and cuDNN's RNN alike (cuDNN's RNN defaults to TF32: an unfair fp32 comparison)."""
 
-    def set_mode(mode: str) -> None:
-        torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.rnn.fp32_precision = mode
+    def allow_tf32(on: bool) -> None:  # the flags every torch version has
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = on
 
     def run() -> None:
-        set_mode("tf32" if tf32 else "ieee")
+        allow_tf32(tf32)
         try:
             step()
         finally:
-            set_mode("ieee")
+            allow_tf32(False)
 
     return run
 

@@ -66,7 +66,6 @@ def test_engine_matches_reference_for_stacked_networks(engine: str, device: str)
         assert_close(x, y, TOL[torch.float64], f"{engine}/stacked: {name}")
 
 
-
 @pytest.fixture
 def tf32() -> Iterator[None]:
     """``train.matmul_precision=high``: TF32 matrix products on NVIDIA Ampere and newer."""
@@ -84,6 +83,7 @@ def test_engine_with_tf32_matches_float64_reference(engine: str, device: str, tf
         got, want = run(engine, [x.float() for x in inputs], "relu"), run("reference", inputs, "relu")
         for name, x, y in zip(("rates", "preact", "drive", "h0", "w_rec", "alpha"), got, want):
             assert_close(x.double(), y, 1e-2, f"{engine}/tf32/{shape}: {name}")
+
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("engine", FAST)

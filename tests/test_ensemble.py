@@ -47,15 +47,14 @@ def test_ensemble_equals_its_networks_run_alone(engine: str, device: str) -> Non
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=f"network {k}: {name}")
 
 
-
 def test_each_network_gets_its_own_noise_at_its_own_scale() -> None:
     """One step from rest on zero input: v_1 - (noiseless v_1) = sqrt(2a) (sigma_rec xi + sigma_in W_in xi_in)."""
     sigma_in = 0.3
     ensemble = Ensemble({**CONFIG, "noise": {"rec": 0.2, "input": sigma_in}}, 2)
     inputs = torch.zeros(2, 8000, 1, 3)
     with torch.no_grad():
-        for net in ensemble.networks:  # each network its own time constants
-            net.tau_raw.add_(torch.linspace(-1, 1, len(net.tau_raw)) * (1 + net.config.seed % 7) / 7)
+        for k, net in enumerate(ensemble.networks):  # each network its own time constants
+            net.tau_raw.add_(torch.linspace(-1, 1, len(net.tau_raw)) * (k + 1) / 2)
         clean = ensemble(inputs, noise=False, return_preact=True)[1]
         noisy = ensemble(inputs, noise=True, return_preact=True)[1]
         xi = [(n.preact - c.preact)[:, 0] for n, c in zip(noisy, clean)]
@@ -64,6 +63,7 @@ def test_each_network_gets_its_own_noise_at_its_own_scale() -> None:
             torch.testing.assert_close(xi[k].std(0), want, rtol=0.06, atol=0, msg=f"network {k}")
     corr = (xi[0] / xi[0].std(0) * xi[1] / xi[1].std(0)).mean(0)
     assert corr.abs().max() < 0.06  # independent draws
+
 
 def test_networks_have_their_own_seeds_masks_and_weights() -> None:
     ensemble = Ensemble(CONFIG, 4)
@@ -114,7 +114,6 @@ def test_one_network_never_feels_another(tmp_path: Path) -> None:
     assert not torch.allclose(together[1].w_rec, alone[0].w_rec)
 
 
-
 def test_trainer_sets_threads_and_matmul_precision(tmp_path: Path) -> None:
     before = torch.get_num_threads(), torch.get_float32_matmul_precision()
     try:
@@ -125,6 +124,7 @@ def test_trainer_sets_threads_and_matmul_precision(tmp_path: Path) -> None:
     finally:
         torch.set_num_threads(before[0])
         torch.set_float32_matmul_precision(before[1])
+
 
 @pytest.fixture(scope="module")
 def ensemble_run(tmp_path_factory: pytest.TempPathFactory) -> Path:

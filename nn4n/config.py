@@ -17,7 +17,7 @@ from .structure import NetworkConfig
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "step")
-ENGINE_CHOICES = ("auto", "reference", "fused")
+ENGINE_CHOICES = ("auto", "reference", "fused", "triton")
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision
 
 

@@ -5,6 +5,7 @@ returns the rates after each step; all must give the same values and gradients a
 """
 from __future__ import annotations
 
+import importlib.util
 from typing import Any, Callable
 
 import torch
@@ -82,6 +83,25 @@ def _times_derivative_(name: str, grad: torch.Tensor, r: torch.Tensor, v: torch.
         aten.threshold_backward.grad_input(grad, r, 0, grad_input=grad)
 
 
+def _h0_alpha_grads(
+    need: tuple[bool, ...], gv: torch.Tensor, act: str, h0: torch.Tensor, r0: torch.Tensor, w_a: torch.Tensor,
+    alpha: torch.Tensor, preact: torch.Tensor | None, z_all: torch.Tensor | None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of ``h0`` and ``alpha`` from ``gv = dL/dv_t`` (B, T, N), as the inputs need them."""
+    g_h0 = g_alpha = None
+    first = gv[..., 0, :]
+    if need[1]:
+        g_h0 = first @ w_a
+        _times_derivative_(act, g_h0, r0, h0)
+        g_h0.addcmul_(1 - _step_alpha(alpha, w_a), first)
+    if need[3]:  # dv_t / da = z_t - v_{t-1}
+        z_minus_v = z_all.clone()
+        z_minus_v[..., 1:, :] -= preact[..., :-1, :]
+        z_minus_v[..., 0, :] -= h0
+        g_alpha = z_minus_v.mul_(gv).sum((-3, -2)).sum_to_size(alpha.shape)
+    return g_h0, g_alpha
+
+
 class _Fused(torch.autograd.Function):
     """Whole-sequence recurrence with hand-written BPTT; buffers are (.., B, T, N), steps are slices."""
 
@@ -137,22 +157,13 @@ class _Fused(torch.autograd.Function):
             if gps is not None:
                 g.add_(gps[t])
         need = ctx.needs_input_grad
-        g_h0 = g_w = g_alpha = None
-        first = gv[..., 0, :]
-        if need[1]:
-            g_h0 = first @ w_a
-            _times_derivative_(act, g_h0, r0, h0)
-            g_h0.addcmul_(one_minus_a, first)
-        if need[3]:
-            z_minus_v = z_all.clone()
-            z_minus_v[..., 1:, :] -= preact[..., :-1, :]
-            z_minus_v[..., 0, :] -= h0
-            g_alpha = z_minus_v.mul_(gv).sum((-3, -2)).sum_to_size(alpha.shape)
+        g_h0, g_alpha = _h0_alpha_grads(need, gv, act, h0, r0, w_a, alpha, preact, z_all)
+        g_w = None
         gv.mul_(a.unsqueeze(-2))
         if need[2]:  # sum_t dz_t^T r_{t-1}: one product over the flattened (B T) rows, shifted by one
             flat_g, flat_r = gv.flatten(-3, -2), rates.flatten(-3, -2)  # row b T + t pairs with b T + t - 1 ...
             g_w = flat_g[..., 1:, :].mT @ flat_r[..., :-1, :]
-            _mm_(g_w, first.mT, r0)  # ... so add each trial's first step (r_{-1} = f(h0)) and
+            _mm_(g_w, gv[..., 0, :].mT, r0)  # ... so add each trial's first step (r_{-1} = f(h0)) and
             _mm_(g_w, gv[..., 1:, 0, :].mT, rates[..., :-1, -1, :], -1)  # drop the pairs across two trials
         return gv, g_h0, g_w, g_alpha, None, None
 
@@ -170,3 +181,21 @@ def fused(
 
 
 ENGINES: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor | None]]] = {"reference": reference, "fused": fused}
+
+
+def triton(
+    drive: torch.Tensor,
+    h0: torch.Tensor,
+    w_rec: torch.Tensor,
+    alpha: torch.Tensor,
+    activation: str,
+    return_preact: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Same as :func:`reference`, one Triton kernel per direction (:mod:`nn4n.triton_engine`, imported on use)."""
+    from .triton_engine import triton_engine
+
+    return triton_engine(drive, h0, w_rec, alpha, activation, return_preact)
+
+
+if importlib.util.find_spec("triton") is not None:  # CUDA builds of torch bring it
+    ENGINES["triton"] = triton

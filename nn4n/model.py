@@ -122,7 +122,8 @@ class CTRNN(nn.Module):
         if not isinstance(config, NetworkConfig):
             config = NetworkConfig.from_dict(config)
         if engine not in ENGINES:
-            raise ValueError(f"engine: unknown engine {engine!r}; engines: {', '.join(ENGINES)}")
+            hint = " (the triton engine needs the triton package)" if engine == "triton" else ""
+            raise ValueError(f"engine: unknown engine {engine!r}; engines here: {', '.join(ENGINES)}{hint}")
         self.config, self.engine = config, engine
         self.structure = st = Structure(config)
         n = st.n_neurons

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import signal
@@ -118,8 +119,14 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _engine(name: str) -> str:
-    return ("fused" if "fused" in ENGINES else "reference") if name == "auto" else name
+def _engine(name: str, device: torch.device) -> str:
+    if name == "auto":
+        return "fused"
+    if name == "triton" and name not in ENGINES:
+        raise ConfigError("train.engine: triton needs the triton package (pip install 'nn4n[triton]')")
+    if name == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ConfigError(f"train.engine: triton runs on CUDA, not on {device}; use auto or fused")
+    return name
 
 
 def _optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -190,7 +197,7 @@ class Trainer:
         self.train_data = sampler(cfg.task, n_networks * cfg.train.batch_size, cfg.seed)
         self.kind = self.train_data.spec.kind
         self.held_out = sampler(cfg.task, cfg.train.eval_trials, cfg.seed + EVAL_SEED_OFFSET).batch(0).to(self.device)
-        self.ensemble = Ensemble(cfg.model, n_networks, engine=_engine(cfg.train.engine)).to(self.device)
+        self.ensemble = Ensemble(cfg.model, n_networks, engine=_engine(cfg.train.engine, self.device)).to(self.device)
         self.networks = list(self.ensemble.networks)
         self.optimizer = _optimizer(cfg, self.ensemble)
         for net in self.networks:

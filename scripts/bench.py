@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import json
 import math
 import os
@@ -206,7 +207,9 @@ def with_precision(step: Step, tf32: bool) -> Step:
 def speed_table(args: argparse.Namespace, device: torch.device) -> None:
     configs = [(64, 64), (256, 64), (256, 1024)]
     names = ["fused", "reference", "naive loop", "torch.nn.RNN", NN4N1]
-    names += [f"fused{TF32}", f"torch.nn.RNN{TF32}"] if device.type == "cuda" else []
+    if device.type == "cuda":
+        gpu = ["triton"] if "triton" in ENGINES else []
+        names += gpu + [f"{name}{TF32}" for name in ("fused", *gpu, "torch.nn.RNN")]
     print(f"\n### One training iteration, E/I network, T={T_STEPS} (best of {args.rounds} interleaved rounds, half as many at batch 1024)\n")
     print("| N | batch | implementation | ms / iteration | time / fused | peak MiB |")
     print("|---:|---:|---|---:|---:|---:|")
@@ -224,12 +227,12 @@ def speed_table(args: argparse.Namespace, device: torch.device) -> None:
             print(f"| {n} | {batch} | {name} | {sec * 1e3:,.1f} | {sec / times['fused']:.2f} | {mib(peak and peak['peak'])} |")
 
 
-def ensemble_step(n: int, n_networks: int, batch: int, device: torch.device) -> Step:
+def ensemble_step(n: int, n_networks: int, batch: int, device: torch.device, engine: str = "fused") -> Step:
     """One training iteration of ``n_networks`` networks at once, each on its own batch."""
     torch.manual_seed(0)
     x = torch.randn(n_networks, batch, T_STEPS, N_IN, device=device)
     y = 0.1 * torch.randn(n_networks, batch, T_STEPS, N_OUT, device=device)
-    model = Ensemble(e_i_config(n), n_networks, engine="fused").to(device)
+    model = Ensemble(e_i_config(n), n_networks, engine=engine).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def step() -> None:
@@ -242,14 +245,15 @@ def ensemble_step(n: int, n_networks: int, batch: int, device: torch.device) -> 
 
 def networks_table(args: argparse.Namespace, device: torch.device) -> None:
     sizes = [(64, 8), (256, 8)] + ([(256, 32)] if device.type == "cuda" else [])
+    engines = ["fused"] + (["triton"] if device.type == "cuda" and "triton" in ENGINES else [])
     print(f"\n### K networks at once (batch 64 each, T={T_STEPS}; best of {args.rounds} interleaved rounds)\n")
-    print("| N | K | one network, ms | K at once, ms | K at once / one | throughput vs K one after another |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    for n, k in sizes:
-        times = best_times({"one": ensemble_step(n, 1, 64, device), "all": ensemble_step(n, k, 64, device)},
+    print("| N | K | engine | one network, ms | K at once, ms | K at once / one | throughput vs K one after another |")
+    print("|---:|---:|---|---:|---:|---:|---:|")
+    for (n, k), engine in itertools.product(sizes, engines):
+        times = best_times({"one": ensemble_step(n, 1, 64, device, engine), "all": ensemble_step(n, k, 64, device, engine)},
                            device, args.rounds)
-        print(f"| {n} | {k} | {times['one'] * 1e3:,.1f} | {times['all'] * 1e3:,.1f} | {times['all'] / times['one']:.2f} "
-              f"| {k * times['one'] / times['all']:.2f}x |")
+        print(f"| {n} | {k} | {engine} | {times['one'] * 1e3:,.1f} | {times['all'] * 1e3:,.1f} "
+              f"| {times['all'] / times['one']:.2f} | {k * times['one'] / times['all']:.2f}x |")
 
 
 def end_to_end_table(args: argparse.Namespace, device: torch.device, n_steps: int = 100) -> None:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # CUDA check for a lent GPU machine (no internet; under 5 minutes): the engine and ensemble tests on
-# cpu and cuda, then the quick CUDA benchmark (speed, K networks at once, nn4n-train iteration).
+# cpu and cuda (the triton engine compiled on cuda, interpreted on cpu), then the quick CUDA benchmark
+# (speed in fp32 and TF32, K networks at once, nn4n-train iteration).
 # Prints everything; exits non-zero if either part fails.
 #   bash scripts/gpu_check.sh            # uses python3 (the one holding a CUDA torch)
 #   PYTHON=path/to/venv/bin/python bash scripts/gpu_check.sh
@@ -19,7 +20,7 @@ EOF
 
 status=0
 echo "== pytest engines and ensembles (cpu + cuda)"
-timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_engines.py tests/test_ensemble.py -k "not nn4n_train" || status=1
+timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_engines.py tests/test_ensemble.py -k "not nn4n_train" || status=1
 echo "== scripts/bench.py --device cuda --quick"
-timeout 180 "$PY" scripts/bench.py --device cuda --quick || status=1
+timeout 150 "$PY" scripts/bench.py --device cuda --quick || status=1
 exit $status

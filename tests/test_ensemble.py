@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from nn4n import CTRNN
 from nn4n.analysis import load_run
-from nn4n.config import register_schema
+from nn4n.config import ConfigError, register_schema
 from nn4n.engines import ENGINES
 from nn4n.ensemble import Ensemble, network_seed
 from nn4n.train import Trainer, resolve, sampler
@@ -125,6 +125,12 @@ def test_trainer_sets_threads_and_matmul_precision(tmp_path: Path) -> None:
         torch.set_num_threads(before[0])
         torch.set_float32_matmul_precision(before[1])
 
+
+
+def test_triton_engine_needs_cuda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ConfigError, match="train.engine: triton runs on CUDA, not on cpu"):
+        Trainer(resolve_config(["train.engine=triton", "train.device=cpu"]), tmp_path)
 
 @pytest.fixture(scope="module")
 def ensemble_run(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -150,6 +150,8 @@ def _stacked(x: torch.Tensor, dims: int) -> torch.Tensor:
 
 
 class _Triton(torch.autograd.Function):
+    """Whole-sequence recurrence: the two kernels above, then the weight gradient as one product."""
+
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, drive: torch.Tensor, h0: torch.Tensor, w_rec: torch.Tensor, alpha: torch.Tensor,
@@ -187,8 +189,8 @@ class _Triton(torch.autograd.Function):
         a = _step_alpha(alpha, w_rec)
         w_a = a.mT * w_rec  # dL/dr_{t-1} = (a * dL/dv_t) W
         gv = rates.new_zeros(k, b, t_ext, n)
-        g_r = _stacked(g_rates.reshape(k, b, t_ext - 1, n), 4)
-        g_p = _stacked(g_preact.reshape(k, b, t_ext - 1, n), 4) if g_preact is not None else g_r
+        g_r = g_rates.reshape(k, b, t_ext - 1, n).contiguous()
+        g_p = g_preact.reshape(k, b, t_ext - 1, n).contiguous() if g_preact is not None else g_r
         _backward_kernel[(k * triton.cdiv(b, BLOCK_B),)](
             g_r, g_p, rates, preact if preact is not None else g_r, _stacked(w_a, 3),
             _stacked(alpha.expand(w_rec.shape[:-1]), 2), gv, b, t_ext - 1, n,

@@ -192,9 +192,9 @@ def triton(
     return_preact: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Same as :func:`reference`, one Triton kernel per direction (:mod:`nn4n.triton_engine`, imported on use)."""
-    from .triton_engine import triton_engine
+    from .triton_engine import TritonRecurrence
 
-    return triton_engine(drive, h0, w_rec, alpha, activation, return_preact)
+    return TritonRecurrence.apply(drive, h0, w_rec, alpha, activation, return_preact)
 
 
 if importlib.util.find_spec("triton") is not None:  # CUDA builds of torch bring it

@@ -73,10 +73,9 @@ def _times_matrix(acc, x_ptr, w_ptr, rows, row_ok, cols, N, row_stride, PRECISIO
 
 
 @triton.jit
-def _forward_kernel(drive_ptr, h0_ptr, wt_ptr, alpha_ptr, rates_ptr, preact_ptr, z_ptr, B, T, N,
-                    ACT: tl.constexpr, KEEP_V: tl.constexpr, KEEP_Z: tl.constexpr, PRECISION: tl.constexpr,
-                    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """rates (K, B, T+1, N): slot 0 holds f(h0), slot t+1 holds r_t; drive, preact and z are (K, B, T, N)."""
+def _tile(alpha_ptr, B, T, N, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's network, trials (rows of a (K B, ...) buffer) and neurons, with their masks and alphas;
+    offsets of (trial, t=0, neuron) in (K, B, T, N) and (K, B, T+1, N) buffers; the block's first trial in the latter."""
     blocks = tl.cdiv(B, BLOCK_B)
     net, blk = tl.program_id(0) // blocks, tl.program_id(0) % blocks
     rows = blk * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -84,12 +83,22 @@ def _forward_kernel(drive_ptr, h0_ptr, wt_ptr, alpha_ptr, rates_ptr, preact_ptr,
     row_ok, col_ok = rows < B, cols < N
     ok = row_ok[:, None] & col_ok[None, :]
     a = tl.load(alpha_ptr + net * N + cols, mask=col_ok, other=0.0)[None, :]
+    trials = net * B + rows
+    seq = trials[:, None] * T * N + cols[None, :]
+    ext = trials[:, None] * (T + 1) * N + cols[None, :]
+    return net, trials, row_ok, cols, ok, a, seq, ext, (net * B + blk * BLOCK_B) * (T + 1) * N
+
+
+@triton.jit
+def _forward_kernel(drive_ptr, h0_ptr, wt_ptr, alpha_ptr, rates_ptr, preact_ptr, z_ptr, B, T, N,
+                    ACT: tl.constexpr, KEEP_V: tl.constexpr, KEEP_Z: tl.constexpr, PRECISION: tl.constexpr,
+                    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """rates (K, B, T+1, N): slot 0 holds f(h0), slot t+1 holds r_t; drive, preact and z are (K, B, T, N)."""
+    net, trials, row_ok, cols, ok, a, seq, ext, first = _tile(alpha_ptr, B, T, N, BLOCK_B, BLOCK_N)
     wt = wt_ptr + net * N * N
-    seq = (net * B + rows[:, None]) * T * N + cols[None, :]  # (row, t=0, col) of a (K, B, T, N) buffer
-    ext = (net * B + rows[:, None]) * (T + 1) * N + cols[None, :]  # the same in rates
-    v = tl.load(h0_ptr + (net * B + rows[:, None]) * N + cols[None, :], mask=ok, other=0.0)
+    v = tl.load(h0_ptr + trials[:, None] * N + cols[None, :], mask=ok, other=0.0)
     tl.store(rates_ptr + ext, _act(v, ACT), mask=ok)
-    prev = rates_ptr + (net * B + blk * BLOCK_B) * (T + 1) * N  # r_{t-1} of this block's first trial
+    prev = rates_ptr + first  # r_{t-1} of this block's first trial
     for t in range(T):
         tl.debug_barrier()  # r_{t-1}, stored by other threads of this program, is read back in chunks
         z = tl.load(drive_ptr + seq + t * N, mask=ok, other=0.0)
@@ -108,17 +117,9 @@ def _backward_kernel(g_rates_ptr, g_preact_ptr, rates_ptr, preact_ptr, wa_ptr, a
                      ACT: tl.constexpr, HAS_GP: tl.constexpr, PRECISION: tl.constexpr,
                      BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """gv (K, B, T+1, N) = dL/dv_t, slot T zero on entry; rates as in the forward; the rest (K, B, T, N)."""
-    blocks = tl.cdiv(B, BLOCK_B)
-    net, blk = tl.program_id(0) // blocks, tl.program_id(0) % blocks
-    rows = blk * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = tl.arange(0, BLOCK_N)
-    row_ok, col_ok = rows < B, cols < N
-    ok = row_ok[:, None] & col_ok[None, :]
-    a = tl.load(alpha_ptr + net * N + cols, mask=col_ok, other=0.0)[None, :]
+    net, trials, row_ok, cols, ok, a, seq, ext, first = _tile(alpha_ptr, B, T, N, BLOCK_B, BLOCK_N)
     wa = wa_ptr + net * N * N
-    seq = (net * B + rows[:, None]) * T * N + cols[None, :]
-    ext = (net * B + rows[:, None]) * (T + 1) * N + cols[None, :]
-    block_ext = gv_ptr + (net * B + blk * BLOCK_B) * (T + 1) * N
+    block_ext = gv_ptr + first
     g_next = tl.zeros((BLOCK_B, BLOCK_N), dtype=a.dtype)
     for i in range(T):
         t = T - 1 - i
@@ -149,7 +150,7 @@ def _stacked(x: torch.Tensor, dims: int) -> torch.Tensor:
     return (x if x.dim() == dims else x.unsqueeze(0)).contiguous()
 
 
-class _Triton(torch.autograd.Function):
+class TritonRecurrence(torch.autograd.Function):
     """Whole-sequence recurrence: the two kernels above, then the weight gradient as one product."""
 
     @staticmethod
@@ -209,14 +210,3 @@ class _Triton(torch.autograd.Function):
             g_w = unstack(gv.flatten(1, 2).mT @ rates.flatten(1, 2))
         return unstack(gv[:, :, :-1]), g_h0, g_w, g_alpha, None, None
 
-
-def triton_engine(
-    drive: torch.Tensor,
-    h0: torch.Tensor,
-    w_rec: torch.Tensor,
-    alpha: torch.Tensor,
-    activation: str,
-    return_preact: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Same as :func:`nn4n.engines.reference`, as one Triton kernel per direction."""
-    return _Triton.apply(drive, h0, w_rec, alpha, activation, return_preact)

@@ -20,6 +20,7 @@ from .engines import ACTIVATIONS, _h0_alpha_grads, _step_alpha
 
 ACT_CODES = {"relu": 0, "tanh": 1, "softplus": 2, "sigmoid": 3, "retanh": 4}
 BLOCK_B = 16  # trials per program (the smallest tile tl.dot takes)
+BLOCK_K = 16  # inner dimension of each chunk of the recurrent product
 
 
 @triton.jit
@@ -61,14 +62,16 @@ def _times_derivative(g, r, v, ACT: tl.constexpr):
 
 
 @triton.jit
-def _times_matrix(acc, x_ptr, w_ptr, rows, row_ok, cols, N, row_stride, PRECISION: tl.constexpr,
+def _times_matrix(acc, x_ptr, w_ptr, rows, row_ok, N, row_stride, PRECISION: tl.constexpr,
                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """``acc + x @ w``: ``x`` (rows, N) at ``x_ptr + row * row_stride``, ``w`` (N, N) row-major, in K-chunks."""
-    for k0 in tl.static_range(0, BLOCK_N, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptr + rows[:, None] * row_stride + ks[None, :], mask=row_ok[:, None] & (ks[None, :] < N), other=0.0)
-        w = tl.load(w_ptr + ks[:, None] * N + cols[None, :], mask=(ks[:, None] < N) & (cols[None, :] < N), other=0.0)
-        acc += tl.dot(x, w, input_precision=PRECISION, out_dtype=acc.dtype)
+    """``acc + x @ w``: ``x`` (rows, N) at ``x_ptr + row * row_stride``; ``w`` (BLOCK_N, BLOCK_N) row-major,
+    zero beyond N, so its loads need no mask (masked loads of a whole matrix spill registers)."""
+    ks = tl.arange(0, BLOCK_K)
+    w_tile = ks[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+    for k0 in range(0, BLOCK_N, BLOCK_K):  # a loop, not unrolled: Triton pipelines its loads
+        x = tl.load(x_ptr + rows[:, None] * row_stride + (k0 + ks)[None, :],
+                    mask=row_ok[:, None] & (k0 + ks < N)[None, :], other=0.0)
+        acc += tl.dot(x, tl.load(w_ptr + k0 * BLOCK_N + w_tile), input_precision=PRECISION, out_dtype=acc.dtype)
     return acc
 
 
@@ -95,14 +98,14 @@ def _forward_kernel(drive_ptr, h0_ptr, wt_ptr, alpha_ptr, rates_ptr, preact_ptr,
                     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """rates (K, B, T+1, N): slot 0 holds f(h0), slot t+1 holds r_t; drive, preact and z are (K, B, T, N)."""
     net, trials, row_ok, cols, ok, a, seq, ext, first = _tile(alpha_ptr, B, T, N, BLOCK_B, BLOCK_N)
-    wt = wt_ptr + net * N * N
+    wt = wt_ptr + net * BLOCK_N * BLOCK_N
     v = tl.load(h0_ptr + trials[:, None] * N + cols[None, :], mask=ok, other=0.0)
     tl.store(rates_ptr + ext, _act(v, ACT), mask=ok)
     prev = rates_ptr + first  # r_{t-1} of this block's first trial
     for t in range(T):
         tl.debug_barrier()  # r_{t-1}, stored by other threads of this program, is read back in chunks
         z = tl.load(drive_ptr + seq + t * N, mask=ok, other=0.0)
-        z = _times_matrix(z, prev + t * N, wt, tl.arange(0, BLOCK_B), row_ok, cols, N, (T + 1) * N,
+        z = _times_matrix(z, prev + t * N, wt, tl.arange(0, BLOCK_B), row_ok, N, (T + 1) * N,
                           PRECISION, BLOCK_N, BLOCK_K)
         v = v + a * (z - v)
         tl.store(rates_ptr + ext + (t + 1) * N, _act(v, ACT), mask=ok)
@@ -118,14 +121,14 @@ def _backward_kernel(g_rates_ptr, g_preact_ptr, rates_ptr, preact_ptr, wa_ptr, a
                      BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """gv (K, B, T+1, N) = dL/dv_t, slot T zero on entry; rates as in the forward; the rest (K, B, T, N)."""
     net, trials, row_ok, cols, ok, a, seq, ext, first = _tile(alpha_ptr, B, T, N, BLOCK_B, BLOCK_N)
-    wa = wa_ptr + net * N * N
+    wa = wa_ptr + net * BLOCK_N * BLOCK_N
     block_ext = gv_ptr + first
     g_next = tl.zeros((BLOCK_B, BLOCK_N), dtype=a.dtype)
     for i in range(T):
         t = T - 1 - i
         tl.debug_barrier()  # dL/dv_{t+1}, stored by other threads of this program, is read back in chunks
         g = tl.load(g_rates_ptr + seq + t * N, mask=ok, other=0.0)
-        g = _times_matrix(g, block_ext + (t + 1) * N, wa, tl.arange(0, BLOCK_B), row_ok, cols, N, (T + 1) * N,
+        g = _times_matrix(g, block_ext + (t + 1) * N, wa, tl.arange(0, BLOCK_B), row_ok, N, (T + 1) * N,
                           PRECISION, BLOCK_N, BLOCK_K)
         r = tl.load(rates_ptr + ext + (t + 1) * N, mask=ok, other=0.0)
         v = r
@@ -138,11 +141,24 @@ def _backward_kernel(g_rates_ptr, g_preact_ptr, rates_ptr, preact_ptr, wa_ptr, a
         g_next = g
 
 
-def _launch_args(drive: torch.Tensor, n: int) -> dict[str, Any]:
-    """Tile sizes and matmul precision for this problem."""
-    block_n = max(16, triton.next_power_of_2(n))
-    tf32 = drive.dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest"
-    return {"PRECISION": "tf32" if tf32 else "ieee", "BLOCK_B": BLOCK_B, "BLOCK_N": block_n, "BLOCK_K": min(block_n, 32)}
+def _block_n(n: int) -> int:
+    """Neurons per tile: N rounded up to a power of two (at least 16)."""
+    return max(16, triton.next_power_of_2(n))
+
+
+def _launch_args(dtype: torch.dtype, n: int) -> dict[str, Any]:
+    """Tile sizes, warps and matmul precision for this problem. Chosen so that no thread spills registers in
+    float32 or TF32 up to N=256 on sm_80 and sm_90 (``scripts/triton_compile_check.py``)."""
+    block_n = _block_n(n)
+    tf32 = dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest"
+    return {"PRECISION": "tf32" if tf32 else "ieee", "BLOCK_B": BLOCK_B, "BLOCK_N": block_n,
+            "BLOCK_K": BLOCK_K, "num_warps": 4 if block_n <= 64 else 8}
+
+
+def _padded(w: torch.Tensor) -> torch.Tensor:
+    """(N, N) or (K, N, N) weights as (K, BLOCK_N, BLOCK_N), zero beyond N, contiguous."""
+    pad = _block_n(w.shape[-1]) - w.shape[-1]
+    return torch.nn.functional.pad(_stacked(w, 3), (0, pad, 0, pad)).contiguous()
 
 
 def _stacked(x: torch.Tensor, dims: int) -> torch.Tensor:
@@ -169,10 +185,9 @@ class TritonRecurrence(torch.autograd.Function):
         rates = d.new_empty(k, b, t_len + 1, n)
         preact = torch.empty_like(d) if keep_v else d
         z_all = torch.empty_like(d) if need_z else d
-        w = _stacked(w_rec, 3)
         _forward_kernel[(k * triton.cdiv(b, BLOCK_B),)](
-            d, _stacked(h0, 3), w.mT.contiguous(), _stacked(alpha.expand(w_rec.shape[:-1]), 2), rates, preact, z_all,
-            b, t_len, n, ACT=ACT_CODES[activation], KEEP_V=keep_v, KEEP_Z=need_z, **_launch_args(d, n),
+            d, _stacked(h0, 3), _padded(w_rec.mT), _stacked(alpha.expand(w_rec.shape[:-1]), 2), rates, preact, z_all,
+            b, t_len, n, ACT=ACT_CODES[activation], KEEP_V=keep_v, KEEP_Z=need_z, **_launch_args(d.dtype, n),
         )
         ctx.activation, ctx.shape = activation, drive.shape
         ctx.save_for_backward(h0, w_rec, alpha, rates, preact if keep_v else None, z_all if need_z else None)
@@ -193,9 +208,9 @@ class TritonRecurrence(torch.autograd.Function):
         g_r = g_rates.reshape(k, b, t_ext - 1, n).contiguous()
         g_p = g_preact.reshape(k, b, t_ext - 1, n).contiguous() if g_preact is not None else g_r
         _backward_kernel[(k * triton.cdiv(b, BLOCK_B),)](
-            g_r, g_p, rates, preact if preact is not None else g_r, _stacked(w_a, 3),
+            g_r, g_p, rates, preact if preact is not None else g_r, _padded(w_a),
             _stacked(alpha.expand(w_rec.shape[:-1]), 2), gv, b, t_ext - 1, n,
-            ACT=ACT_CODES[act], HAS_GP=g_preact is not None, **_launch_args(rates, n),
+            ACT=ACT_CODES[act], HAS_GP=g_preact is not None, **_launch_args(rates.dtype, n),
         )
         need = ctx.needs_input_grad
         stacked = len(shape) == 4

@@ -2,13 +2,21 @@
 # CUDA check for a lent GPU machine (no internet; under 5 minutes): the engine and ensemble tests on
 # cpu and cuda (the triton engine compiled on cuda, interpreted on cpu), then the quick CUDA benchmark
 # (speed in fp32 and TF32, K networks at once, nn4n-train iteration).
-# Prints everything; exits non-zero if either part fails.
+# Prints everything; exits non-zero if either part fails. Runs this checkout's nn4n, installed or not.
 #   bash scripts/gpu_check.sh            # uses python3 (the one holding a CUDA torch)
 #   PYTHON=path/to/venv/bin/python bash scripts/gpu_check.sh
+#   NN4N_WHEELS=DIR bash scripts/gpu_check.sh   # offline: first installs DIR's wheels (scripts/offline_wheels.sh)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's nn4n, installed or not
+SITE=$(mktemp -d)
+trap 'rm -rf "$SITE"' EXIT
+ln -s "$PWD/configs" "$SITE/nn4n_configs"  # the package names pyproject.toml gives these folders
+ln -s "$PWD/tasks" "$SITE/nn4n_tasks"
+if [ -n "${NN4N_WHEELS:-}" ]; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$NN4N_WHEELS"/*.whl || exit 1
+fi
+export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 "$PY" - <<'EOF' || exit 1

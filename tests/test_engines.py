@@ -12,7 +12,9 @@ from nn4n.model import CTRNN
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 FAST = [name for name in ENGINES if name != "reference"]
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
-SHAPES = [(3, 17, 11), (1, 1, 5), (1, 9, 7), (4, 1, 13)]  # (batch, time, neurons): odd, T=1, batch 1
+# (batch, time, neurons): odd, T=1, batch 1; and batch 20, N=37, which the triton engine splits into
+# two blocks of trials (the second partial) and four chunks of the recurrent product (the last partial)
+SHAPES = [(3, 17, 11), (1, 1, 5), (1, 9, 7), (4, 1, 13), (20, 6, 37)]
 
 
 def assert_close(got: torch.Tensor | None, want: torch.Tensor | None, tol: float, what: str) -> None:

@@ -7,14 +7,18 @@
 #   PYTHON=path/to/venv/bin/python bash scripts/gpu_check.sh
 #   NN4N_WHEELS=DIR bash scripts/gpu_check.sh   # offline: first installs DIR's wheels (scripts/offline_wheels.sh)
 set -uo pipefail
+WHEELS=""
+if [ -n "${NN4N_WHEELS:-}" ]; then  # resolved before the cd below, so a relative DIR works
+    WHEELS=$(cd "$NN4N_WHEELS" 2>/dev/null && pwd) || { echo "gpu_check.sh: NN4N_WHEELS=$NN4N_WHEELS is not a folder" >&2; exit 2; }
+fi
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 SITE=$(mktemp -d)
 trap 'rm -rf "$SITE"' EXIT
 ln -s "$PWD/configs" "$SITE/nn4n_configs"  # the package names pyproject.toml gives these folders
 ln -s "$PWD/tasks" "$SITE/nn4n_tasks"
-if [ -n "${NN4N_WHEELS:-}" ]; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$NN4N_WHEELS"/*.whl || exit 1
+if [ -n "$WHEELS" ]; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$WHEELS"/*.whl || exit 1
 fi
 export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 

@@ -15,9 +15,12 @@ mkdir -p "$DIR"
 for name in $PACKAGES; do
     version=$("$PY" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$name") \
         || { echo "offline_wheels.sh: $name is not installed for $PY; install nn4n there first" >&2; exit 1; }
-    # a wheel for the node's Python if PyPI has one, else one built here (pure-Python packages only)
+    # a wheel for the node's Python if PyPI has one, else one built here, which must be pure Python
     "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "$PYVER" --implementation cp \
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any -d "$DIR" "$name==$version" \
-        2>/dev/null || "$PY" -m pip wheel -q --no-deps -w "$DIR" "$name==$version"
+        2>/dev/null && continue
+    "$PY" -m pip wheel -q --no-deps -w "$DIR" "$name==$version"
+    ls "$DIR" | grep -qi "^${name//-/_}-$version-.*-none-any\.whl$" \
+        || { echo "offline_wheels.sh: no wheel of $name $version for Python $PYVER" >&2; exit 1; }
 done
 ls "$DIR"

@@ -99,7 +99,7 @@ class TrainConfig:
     engine: str = "auto"
     matmul_precision: str = "highest"
     threads: int = 1
-    data_workers: int = 1
+    data_workers: str = "auto"  # or a count; see nn4n.train.loader_workers
     n_networks: int = 1
     reg: Regularizers = field(default_factory=Regularizers)
 
@@ -115,7 +115,8 @@ class TrainConfig:
             _positive(getattr(self, key), f"train.{key}")
         _check(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay!r}")
         _check(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip!r}")
-        _check(self.data_workers >= 0, "train.data_workers", f"must be >= 0, got {self.data_workers!r}")
+        _check(self.data_workers == "auto" or self.data_workers.isdigit(), "train.data_workers",
+               f"must be auto or a number >= 0, got {self.data_workers!r}")
 
 
 @dataclass

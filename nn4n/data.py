@@ -137,7 +137,7 @@ class TrialSampler:
             inputs[b, : len(ob)] = ob
             targets[b, : len(gt)] = gt.reshape(len(gt), *targets.shape[2:])
             for p, (start, end) in trial.items():
-                epochs[p][b] = np.clip([start, end], 0, len(ob))
+                epochs[p][b] = min(max(start, 0), len(ob)), min(max(end, 0), len(ob))
 
         decision = np.zeros((n_batch, n_steps), dtype=bool)
         if spec.decision_period in epochs:

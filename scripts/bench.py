@@ -262,7 +262,7 @@ def end_to_end_table(args: argparse.Namespace, device: torch.device, n_steps: in
 
     from nn4n.config import register_schema
     from nn4n.data import batch_stream
-    from nn4n.train import Trainer, resolve
+    from nn4n.train import Trainer, loader_workers, resolve
 
     register_schema()
     print(f"\n### nn4n-train iteration vs pure model step (default run: E/I N=128, PerceptualDecisionMaking, "
@@ -276,7 +276,8 @@ def end_to_end_table(args: argparse.Namespace, device: torch.device, n_steps: in
     with tempfile.TemporaryDirectory() as tmp:
         loop, model_only = Trainer(real, Path(tmp) / "loop"), Trainer(bare, Path(tmp) / "model")
         fixed = model_only.train_data.batch(0).to(device)
-        stream = batch_stream(loop.train_data, 0, real.train.data_workers, pin_memory=device.type == "cuda")
+        workers = loader_workers(real.train.data_workers, device)
+        stream = batch_stream(loop.train_data, 0, workers, pin_memory=device.type == "cuda")
         counter = iter(range(1, 10**9))
 
         def loop_steps() -> None:  # exactly what Trainer.run does per step between evaluations
@@ -287,8 +288,9 @@ def end_to_end_table(args: argparse.Namespace, device: torch.device, n_steps: in
             for step in range(1, n_steps + 1):
                 model_only.train_step(step, fixed)
 
-        times = best_times({"model step (fixed batch, no logging)": model_steps,
-                            "nn4n-train iteration (loader + logging)": loop_steps}, device, args.rounds, budget=0)
+        loop_name = f"nn4n-train iteration ({workers} loader worker(s) + logging)"
+        times = best_times({"model step (fixed batch, no logging)": model_steps, loop_name: loop_steps},
+                           device, args.rounds, budget=0)
         base = times["model step (fixed batch, no logging)"]
         for name, sec in times.items():
             print(f"| {name} | {sec / n_steps * 1e3:,.1f} | {sec / base:.2f} |")

@@ -1,6 +1,7 @@
 """Trial-aligned batches (nn4n.data) from real NeuroGym and nn4n tasks."""
 
 import itertools
+import os
 import pickle
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from nn4n.data import TrialBatch, TrialSampler, batch_stream
+from nn4n.train import loader_workers
 
 PDM = "PerceptualDecisionMaking-v0"
 TASKS = [
@@ -179,3 +181,12 @@ def test_pin_memory_and_to_cuda():
     assert batch.to("cuda", non_blocking=True).targets.is_cuda
     streamed = next(batch_stream(TrialSampler(PDM, dt=20, batch_size=2, seed=0), pin_memory=True))
     assert streamed.inputs.is_pinned()
+
+
+def test_loader_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``train.data_workers``: a count as given; ``auto`` 1 on a CPU, one per free core (up to 8) on a GPU."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert (loader_workers("3", cpu), loader_workers("0", cuda), loader_workers("auto", cpu)) == (3, 0, 1)
+    for cores, want in [(1, 1), (2, 1), (5, 4), (16, 8), (64, 8)]:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _, cores=cores: set(range(cores)))
+        assert loader_workers("auto", cuda) == want, cores

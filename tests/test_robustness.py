@@ -62,6 +62,8 @@ BAD_CONFIGS = [
     ("logging.progress=fancy", "logging.progress"),
     ("train.n_networks=0", "train.n_networks"),
     ("train.matmul_precision=tf32", "train.matmul_precision"),
+    ("train.data_workers=-1", "train.data_workers"),
+    ("train.data_workers=many", "train.data_workers"),
     # inconsistent areas
     ("model.input_areas=[V1]", "model.input_areas"),
     ("model.readout_areas=[PFC]", "model.readout_areas"),

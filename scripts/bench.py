@@ -257,7 +257,8 @@ def networks_table(args: argparse.Namespace, device: torch.device) -> None:
 
 
 def end_to_end_table(args: argparse.Namespace, device: torch.device, n_steps: int = 100) -> None:
-    """The training loop's own iteration (loader batches, logging) against the model step on one fixed batch."""
+    """The training loop's own iteration (loader batches, logging) against the model step on one fixed batch,
+    and what generating one batch of trials costs (the work of one loader worker per step)."""
     from hydra import compose, initialize_config_module
 
     from nn4n.config import register_schema
@@ -288,9 +289,15 @@ def end_to_end_table(args: argparse.Namespace, device: torch.device, n_steps: in
             for step in range(1, n_steps + 1):
                 model_only.train_step(step, fixed)
 
+        unseen = iter(range(10**6, 10**9))
+
+        def generate() -> None:  # what one loader worker does per step: above 1.00, one cannot keep up
+            for _ in range(n_steps):
+                loop.train_data.batch(next(unseen))
+
         loop_name = f"nn4n-train iteration ({workers} loader worker(s) + logging)"
-        times = best_times({"model step (fixed batch, no logging)": model_steps, loop_name: loop_steps},
-                           device, args.rounds, budget=0)
+        times = best_times({"model step (fixed batch, no logging)": model_steps, loop_name: loop_steps,
+                            "task generation (one batch, one process)": generate}, device, args.rounds, budget=0)
         base = times["model step (fixed batch, no logging)"]
         for name, sec in times.items():
             print(f"| {name} | {sec / n_steps * 1e3:,.1f} | {sec / base:.2f} |")

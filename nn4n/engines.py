@@ -6,6 +6,7 @@ returns the rates after each step; all must give the same values and gradients a
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import Any, Callable
 
 import torch
@@ -199,3 +200,8 @@ def triton(
 
 if importlib.util.find_spec("triton") is not None:  # CUDA builds of torch bring it
     ENGINES["triton"] = triton
+
+
+def triton_runs_on(device: torch.device) -> bool:
+    """Whether the triton engine can run on ``device``: CUDA, or anything under ``TRITON_INTERPRET=1``."""
+    return "triton" in ENGINES and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, ConfigError, TaskConfig, check_schema, to_config
 from .data import TrialBatch, TrialSampler, batch_stream
-from .engines import ENGINES
+from .engines import ENGINES, triton_runs_on
 from .ensemble import Ensemble
 from .evaluate import activity_record, evaluate_ensemble, save_activity
 from .metrics import task_loss
@@ -136,7 +136,7 @@ def _engine(name: str, device: torch.device) -> str:
         return "fused"
     if name == "triton" and name not in ENGINES:
         raise ConfigError("train.engine: triton needs the triton package (pip install 'nn4n[triton]')")
-    if name == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+    if name == "triton" and not triton_runs_on(device):
         raise ConfigError(f"train.engine: triton runs on CUDA, not on {device}; use auto or fused")
     return name
 

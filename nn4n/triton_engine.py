@@ -8,7 +8,6 @@ through Triton's interpreter, ``TRITON_INTERPRET=1``); ``torch.set_float32_matmu
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
@@ -16,7 +15,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from .engines import ACTIVATIONS, _h0_alpha_grads, _step_alpha
+from .engines import ACTIVATIONS, _h0_alpha_grads, _step_alpha, triton_runs_on
 
 ACT_CODES = {"relu": 0, "tanh": 1, "softplus": 2, "sigmoid": 3, "retanh": 4}
 BLOCK_B = 16  # trials per program (the smallest tile tl.dot takes)
@@ -174,7 +173,7 @@ class TritonRecurrence(torch.autograd.Function):
         ctx: Any, drive: torch.Tensor, h0: torch.Tensor, w_rec: torch.Tensor, alpha: torch.Tensor,
         activation: str, return_preact: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if drive.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        if not triton_runs_on(drive.device):
             raise ValueError(f"engine 'triton' runs on CUDA tensors (or under TRITON_INTERPRET=1), not {drive.device}")
         d = _stacked(drive, 4)
         k, b, t_len, n = d.shape

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nn4n.engines import ENGINES
+from nn4n.engines import ENGINES, triton_runs_on
 from nn4n.ensemble import Ensemble
 from nn4n.model import CTRNN
 from nn4n.structure import NetworkConfig, Structure
@@ -204,12 +204,16 @@ def with_precision(step: Step, tf32: bool) -> Step:
     return run
 
 
+def gpu_engines(device: torch.device) -> list[str]:
+    """The engines timed only on a GPU (``triton`` when installed)."""
+    return ["triton"] if device.type == "cuda" and triton_runs_on(device) else []
+
+
 def speed_table(args: argparse.Namespace, device: torch.device) -> None:
     configs = [(64, 64), (256, 64), (256, 1024)]
-    names = ["fused", "reference", "naive loop", "torch.nn.RNN", NN4N1]
+    names = ["fused", "reference", "naive loop", "torch.nn.RNN", NN4N1, *gpu_engines(device)]
     if device.type == "cuda":
-        gpu = ["triton"] if "triton" in ENGINES else []
-        names += gpu + [f"{name}{TF32}" for name in ("fused", *gpu, "torch.nn.RNN")]
+        names += [f"{name}{TF32}" for name in ("fused", *gpu_engines(device), "torch.nn.RNN")]
     print(f"\n### One training iteration, E/I network, T={T_STEPS} (best of {args.rounds} interleaved rounds, half as many at batch 1024)\n")
     print("| N | batch | implementation | ms / iteration | time / fused | peak MiB |")
     print("|---:|---:|---|---:|---:|---:|")
@@ -245,7 +249,7 @@ def ensemble_step(n: int, n_networks: int, batch: int, device: torch.device, eng
 
 def networks_table(args: argparse.Namespace, device: torch.device) -> None:
     sizes = [(64, 8), (256, 8)] + ([(256, 32)] if device.type == "cuda" else [])
-    engines = ["fused"] + (["triton"] if device.type == "cuda" and "triton" in ENGINES else [])
+    engines = ["fused", *gpu_engines(device)]
     print(f"\n### K networks at once (batch 64 each, T={T_STEPS}; best of {args.rounds} interleaved rounds)\n")
     print("| N | K | engine | one network, ms | K at once, ms | K at once / one | throughput vs K one after another |")
     print("|---:|---:|---|---:|---:|---:|---:|")

@@ -4,6 +4,8 @@ import os
 import pytest
 import torch
 
+from nn4n.engines import triton_runs_on  # finds triton without importing it
+
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # read when triton is imported
 
@@ -11,6 +13,5 @@ if not torch.cuda.is_available():
 @pytest.fixture(autouse=True)
 def _triton_runs_where_it_can(request: pytest.FixtureRequest) -> None:
     params = request.node.callspec.params if hasattr(request.node, "callspec") else {}
-    on_cpu = params.get("device", "cpu") == "cpu"
-    if params.get("engine") == "triton" and on_cpu and os.environ.get("TRITON_INTERPRET") != "1":
+    if params.get("engine") == "triton" and not triton_runs_on(torch.device(params.get("device", "cpu"))):
         pytest.skip("the triton engine runs on CUDA tensors (on a CPU only through TRITON_INTERPRET=1)")

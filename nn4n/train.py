@@ -142,11 +142,12 @@ def _engine(name: str, device: torch.device) -> str:
 
 
 def _optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """Fused (one kernel for all parameters), which also skips a step on the device when ``found_inf`` is set."""
     t = cfg.train
     if t.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        return torch.optim.SGD(model.parameters(), t.lr, momentum=t.momentum, weight_decay=t.weight_decay, fused=True)
     cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    return cls(model.parameters(), t.lr, weight_decay=t.weight_decay)
+    return cls(model.parameters(), t.lr, weight_decay=t.weight_decay, fused=True)
 
 
 def _schedule(cfg: Config, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
@@ -228,6 +229,7 @@ class Trainer:
         self.monitors = [Monitor(path / "tensorboard", purge_step=purge) for path in self.dirs]
         self.began = time.perf_counter() - elapsed
         self.progress: tqdm | None = None
+        self.unchecked: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (step, losses, gradient norms)
 
     def _resume(self) -> float:
         """Load ``checkpoints/last.pt``; return the training time it had already taken."""
@@ -239,6 +241,8 @@ class Trainer:
         for net, weights in zip(self.networks, state["models"], strict=True):
             net.load_state_dict(weights)
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # a checkpoint of an unfused optimizer resumes fused
+            group["fused"] = True
         self.schedule.load_state_dict(state["schedule"])
         set_rng_state(state["rng"])
         self.start, self.best = state["step"], list(state["best"])
@@ -291,16 +295,17 @@ class Trainer:
         totals.sum().backward()
         clip = cfg.train.grad_clip or math.inf
         norms = torch.stack([torch.nn.utils.clip_grad_norm_(net.parameters(), clip) for net in self.networks])
-        if not torch.isfinite(norms).all():
-            bad = int((~torch.isfinite(norms)).nonzero()[0])
-            which = f"network {bad}: " if k > 1 else ""
-            raise TrainingError(
-                f"step {step}: {which}loss {totals[bad].item():.4g}, gradient norm {norms[bad].item():.4g} is not finite; "
-                f"stopped without updating weights (last good checkpoint: {self.last_path})"
-            )
+        # A non-finite step is skipped on the device (no host sync); it is reported at the next check.
+        self.optimizer.found_inf = (~torch.isfinite(norms).all()).float()  # type: ignore[attr-defined]
         self.optimizer.step()
         self.schedule.step()
-        if _every(step, cfg.logging.scalars_every, last):
+        self._check_finite()  # the step before: by now this one is queued behind it
+        self.unchecked = (step, totals.detach(), norms)
+        log_scalars = _every(step, cfg.logging.scalars_every, last)
+        log_histograms = cfg.logging.histograms_every and step % cfg.logging.histograms_every == 0
+        if log_scalars or log_histograms:
+            self._check_finite()
+        if log_scalars:
             lr = self.schedule.get_last_lr()[0]
             for i, (monitor, net, act) in enumerate(zip(self.monitors, self.networks, activities)):
                 values = {f"loss/{name}": v.item() for name, v in terms[i].items()}
@@ -309,12 +314,28 @@ class Trainer:
                 monitor.activity(step, net, act, valid[i])
             if self.progress is None:
                 log.info("step %d/%d  loss %.4f", step, last, totals.mean().item())
-        if cfg.logging.histograms_every and step % cfg.logging.histograms_every == 0:
+        if log_histograms:
             for monitor, net, act, ok in zip(self.monitors, self.networks, activities, valid):
                 monitor.histograms(step, net, act, ok)
 
+    def _check_finite(self) -> None:
+        """Stop if the last unchecked step's loss or gradient norm was not finite (its update was skipped)."""
+        if self.unchecked is None:
+            return
+        step, totals, norms = self.unchecked
+        self.unchecked = None
+        finite = torch.isfinite(norms)
+        if not finite.all():
+            bad = int((~finite).nonzero()[0])
+            which = f"network {bad}: " if len(norms) > 1 else ""
+            raise TrainingError(
+                f"step {step}: {which}loss {totals[bad].item():.4g}, gradient norm {norms[bad].item():.4g} is not finite; "
+                f"its update was skipped and nothing saved after it (last good checkpoint: {self.last_path})"
+            )
+
     def _evaluate(self, step: int) -> None:
         """Held-out metrics of every network; a network's best so far is saved as its ``best.pt``."""
+        self._check_finite()
         cfg, results = self.cfg, evaluate_ensemble(self.ensemble, self.held_out, self.kind)
         for i, (net, monitor, (metrics, outputs, activity)) in enumerate(zip(self.networks, self.monitors, results)):
             monitor.scalars(step, metrics, "eval/")
@@ -329,6 +350,7 @@ class Trainer:
         (self.progress.set_postfix_str(message) if self.progress else log.info("step %d eval: %s", step, message))
 
     def _save(self, step: int) -> None:
+        self._check_finite()
         save_checkpoint(self.last_path, {
             "models": [net.state_dict() for net in self.networks],
             "optimizer": self.optimizer.state_dict(),

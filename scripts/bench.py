@@ -108,7 +108,7 @@ def build(name: str, n: int, batch: int, steps: int, device: torch.device, nn4n1
     else:
         raise ValueError(name)
     model.train()
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)  # as nn4n-train
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -237,7 +237,7 @@ def ensemble_step(n: int, n_networks: int, batch: int, device: torch.device, eng
     x = torch.randn(n_networks, batch, T_STEPS, N_IN, device=device)
     y = 0.1 * torch.randn(n_networks, batch, T_STEPS, N_OUT, device=device)
     model = Ensemble(e_i_config(n), n_networks, engine=engine).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)

@@ -15,10 +15,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from nn4n import CTRNN
 from nn4n.analysis import load_run
+from nn4n.checkpoint import load_checkpoint, save_checkpoint
 from nn4n.config import ConfigError, register_schema
 from nn4n.engines import ENGINES
 from nn4n.ensemble import Ensemble, network_seed
-from nn4n.train import Trainer, resolve, sampler
+from nn4n.train import Trainer, TrainingError, resolve, sampler
 
 CONFIG = {
     "areas": {"A": {"size": 13, "tau": 60.0}, "B": {"size": 6, "exc_frac": 0.5}},
@@ -112,6 +113,41 @@ def test_one_network_never_feels_another(tmp_path: Path) -> None:
     assert moved > 1e-4
     torch.testing.assert_close(together[0].w_rec, alone[0].w_rec, rtol=0, atol=moved * 1e-4)
     assert not torch.allclose(together[1].w_rec, alone[0].w_rec)
+
+
+def test_non_finite_step_is_skipped_on_device_then_reported(tmp_path: Path) -> None:
+    """No host sync per step: a non-finite step leaves every weight as it was, and the next step,
+    checkpoint or evaluation stops the run naming the step and the network, before writing anything."""
+    trainer = Trainer(resolve_config(["train.n_networks=2"]), tmp_path)
+    before = [p.detach().clone() for p in trainer.ensemble.parameters()]
+    bad = trainer.train_data.batch(0)
+    bad.inputs[bad.inputs.shape[0] // 2:] = float("nan")  # network 1's trials
+    trainer.train_step(1, bad.to(trainer.device))
+    assert all(torch.equal(p, q) for p, q in zip(trainer.ensemble.parameters(), before, strict=True))
+    with pytest.raises(TrainingError, match=r"^step 1: network 1: loss nan, gradient norm nan is not finite"):
+        trainer._save(1)
+    assert not trainer.last_path.exists()
+    trainer.train_step(1, bad.to(trainer.device))
+    with pytest.raises(TrainingError, match=r"^step 1: network 1: "):
+        trainer.train_step(2, trainer.train_data.batch(1).to(trainer.device))
+    good = trainer.train_data.batch(2).to(trainer.device)
+    trainer.train_step(3, good)
+    trainer.train_step(4, good)
+    trainer._save(4)
+    assert trainer.last_path.exists() and not any(torch.equal(p, q) for p, q in zip(trainer.ensemble.parameters(), before))
+
+
+def test_checkpoint_of_an_unfused_optimizer_resumes(tmp_path: Path) -> None:
+    trainer = Trainer(resolve_config([]), tmp_path)
+    trainer.train_step(1, trainer.train_data.batch(0).to(trainer.device))
+    trainer._save(1)
+    state = load_checkpoint(trainer.last_path)
+    for group in state["optimizer"]["param_groups"]:
+        group["fused"] = None
+    save_checkpoint(trainer.last_path, {k: v for k, v in state.items() if k != "format"})
+    resumed = Trainer(resolve_config([]), tmp_path)
+    resumed.train_step(2, resumed.train_data.batch(1).to(resumed.device))
+    assert resumed.start == 1 and all(group["fused"] for group in resumed.optimizer.param_groups)
 
 
 def test_trainer_sets_threads_and_matmul_precision(tmp_path: Path) -> None:

@@ -166,6 +166,16 @@ def flatten(values: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: values}
 
 
+def _to_host(values: torch.Tensor) -> tuple[torch.Tensor, torch.Event | None]:
+    """Start copying ``values`` to (pinned) host memory; the event, None on the CPU, marks the copy done.
+    Waiting on it waits for this copy only, not for the work queued on the device after it."""
+    if values.device.type == "cpu":
+        return values, None
+    host, copied = values.to("cpu", non_blocking=True), torch.Event(device=values.device)
+    copied.record()
+    return host, copied
+
+
 def _every(step: int, period: int, last: int) -> bool:
     return step == last or (period > 0 and step % period == 0)
 
@@ -229,7 +239,7 @@ class Trainer:
         self.monitors = [Monitor(path / "tensorboard", purge_step=purge) for path in self.dirs]
         self.began = time.perf_counter() - elapsed
         self.progress: tqdm | None = None
-        self.unchecked: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (step, losses, gradient norms)
+        self.unchecked: tuple[int, torch.Tensor, torch.Event | None] | None = None  # step, (losses, norms), copied
 
     def _resume(self) -> float:
         """Load ``checkpoints/last.pt``; return the training time it had already taken."""
@@ -299,8 +309,8 @@ class Trainer:
         self.optimizer.found_inf = (~torch.isfinite(norms).all()).float()  # type: ignore[attr-defined]
         self.optimizer.step()
         self.schedule.step()
-        self._check_finite()  # the step before: by now this one is queued behind it
-        self.unchecked = (step, totals.detach(), norms)
+        self._check_finite()  # the step before, whose values are on the host by now
+        self.unchecked = (step, *_to_host(torch.stack([totals.detach(), norms])))
         log_scalars = _every(step, cfg.logging.scalars_every, last)
         log_histograms = cfg.logging.histograms_every and step % cfg.logging.histograms_every == 0
         if log_scalars or log_histograms:
@@ -322,8 +332,10 @@ class Trainer:
         """Stop if the last unchecked step's loss or gradient norm was not finite (its update was skipped)."""
         if self.unchecked is None:
             return
-        step, totals, norms = self.unchecked
+        step, (totals, norms), copied = self.unchecked
         self.unchecked = None
+        if copied is not None:
+            copied.synchronize()
         finite = torch.isfinite(norms)
         if not finite.all():
             bad = int((~finite).nonzero()[0])

@@ -137,6 +137,21 @@ def test_non_finite_step_is_skipped_on_device_then_reported(tmp_path: Path) -> N
     assert trainer.last_path.exists() and not any(torch.equal(p, q) for p, q in zip(trainer.ensemble.parameters(), before))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_training_step_never_waits_for_the_gpu(tmp_path: Path) -> None:
+    """Between logged steps the host only queues work: no synchronizing CUDA call in a step."""
+    trainer = Trainer(resolve_config(["train.device=cuda", "train.n_networks=2"]), tmp_path)
+    batch = trainer.train_data.batch(0).to(trainer.device)
+    trainer.train_step(1, batch)  # warm-up: optimizer state, allocator
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in (2, 3):
+            trainer.train_step(step, batch)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    trainer._save(3)
+
+
 def test_checkpoint_of_an_unfused_optimizer_resumes(tmp_path: Path) -> None:
     trainer = Trainer(resolve_config([]), tmp_path)
     trainer.train_step(1, trainer.train_data.batch(0).to(trainer.device))

@@ -2,6 +2,9 @@
 
 Every engine takes the input drive for all steps at once (``W_in u + b``, noise folded in) and
 returns the rates after each step; all must give the same values and gradients as ``reference``.
+Shapes are batch first, ``(B, T, N)``; ``reference`` and ``fused`` return them laid out time-major
+(``(T, B, N)`` in memory, a transposed view), so that each step reads and writes one contiguous
+``(B, N)`` block, and read a time-major ``drive`` without copying it.
 """
 from __future__ import annotations
 
@@ -27,9 +30,19 @@ def _step_alpha(alpha: torch.Tensor, w_rec: torch.Tensor) -> torch.Tensor:
     return alpha.expand(*w_rec.shape[:-2], w_rec.shape[-1]).unsqueeze(-2)
 
 
-def _mm_(out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """``out += scale * x @ w`` in place, for one network (2-D) or a stack of networks (3-D)."""
-    return out.addmm_(x, w, alpha=scale) if w.dim() == 2 else out.baddbmm_(x, w, alpha=scale)
+def time_major(x: torch.Tensor) -> torch.Tensor:
+    """``(..., B, T, N)`` -> ``(..., T, B, N)``: a view, contiguous for the engines' own buffers."""
+    return x.transpose(-3, -2)
+
+
+def _empty_time_major(like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised ``(..., B, T, N)`` buffer shaped like ``like``, laid out time-major."""
+    return time_major(like.new_empty(time_major(like).shape))
+
+
+def _mm(base: torch.Tensor, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out = base + x @ w`` (``out`` may be ``base``), for one network (2-D) or a stack of networks (3-D)."""
+    return (torch.addmm if w.dim() == 2 else torch.baddbmm)(base, x, w, out=out)
 
 
 def reference(
@@ -54,7 +67,7 @@ def reference(
         r = f(v)
         rates.append(r)
         preacts.append(v)
-    return torch.stack(rates, -2), (torch.stack(preacts, -2) if return_preact else None)
+    return time_major(torch.stack(rates, -3)), (time_major(torch.stack(preacts, -3)) if return_preact else None)
 
 
 def _activate(name: str, v: torch.Tensor, out: torch.Tensor) -> None:
@@ -104,7 +117,8 @@ def _h0_alpha_grads(
 
 
 class _Fused(torch.autograd.Function):
-    """Whole-sequence recurrence with hand-written BPTT; buffers are (.., B, T, N), steps are slices."""
+    """Whole-sequence recurrence with hand-written BPTT; buffers are time-major (.., B, T, N) views, so a step is
+    one contiguous slice, which the step's product writes directly (no separate pass copies the drive in)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -115,17 +129,16 @@ class _Fused(torch.autograd.Function):
         a = _step_alpha(alpha, w_rec)
         need_z = ctx.needs_input_grad[3]  # d alpha needs z_t - v_{t-1}
         keep_v = return_preact or need_z or activation == "softplus"
-        rates = torch.empty_like(drive)
-        preact = torch.empty_like(drive) if keep_v else drive.new_empty(2, *h0.shape)
-        z_all = torch.empty_like(drive) if need_z else None
+        rates = _empty_time_major(drive)
+        preact = _empty_time_major(drive) if keep_v else drive.new_empty(2, *h0.shape)
+        z_all = _empty_time_major(drive) if need_z else None
         r0 = ACTIVATIONS[activation](h0)
         w_t = w_rec.mT
         vs = preact.unbind(-2) if keep_v else preact.unbind(0) * ((t_len + 1) // 2)
-        zs = z_all if z_all is not None else rates  # z_t = r_{t-1} W^T + drive_t, in place of drive_t
-        zs.copy_(drive)
+        zs = z_all if z_all is not None else rates  # z_t = r_{t-1} W^T + drive_t, where r_t will go
         v, r = h0, r0
-        for z, v_new, r_new in zip(zs.unbind(-2), vs, rates.unbind(-2)):
-            _mm_(z, r, w_t)
+        for d, z, v_new, r_new in zip(drive.unbind(-2), zs.unbind(-2), vs, rates.unbind(-2)):
+            _mm(d, r, w_t, out=z)
             torch.lerp(v, z, a, out=v_new)
             _activate(activation, v_new, r_new)
             v, r = v_new, r_new
@@ -144,14 +157,16 @@ class _Fused(torch.autograd.Function):
         one_minus_a = 1 - a
         w_a = a.mT * w_rec  # dL/dr_{t-1} = (a * dL/dv_t) W = dL/dv_t (diag(a) W)
         act = ctx.activation
-        gv = g_rates.clone(memory_format=torch.contiguous_format)  # dL/dv_t, then dL/d drive_t = a dL/dv_t
-        gvs, rs = gv.unbind(-2), rates.unbind(-2)
+        gv = _empty_time_major(rates)  # dL/dv_t, then dL/d drive_t = a dL/dv_t
+        gvs, rs, grs = gv.unbind(-2), rates.unbind(-2), g_rates.unbind(-2)
         vs = preact.unbind(-2) if preact is not None else rs
         gps = g_preact.unbind(-2) if g_preact is not None else None
         for t in reversed(range(t_len)):
             g = gvs[t]
             if t + 1 < t_len:
-                _mm_(g, gvs[t + 1], w_a)
+                _mm(grs[t], gvs[t + 1], w_a, out=g)
+            else:
+                g.copy_(grs[t])
             _times_derivative_(act, g, rs[t], vs[t])
             if t + 1 < t_len:
                 g.addcmul_(one_minus_a, gvs[t + 1])
@@ -161,11 +176,9 @@ class _Fused(torch.autograd.Function):
         g_h0, g_alpha = _h0_alpha_grads(need, gv, act, h0, r0, w_a, alpha, preact, z_all)
         g_w = None
         gv.mul_(a.unsqueeze(-2))
-        if need[2]:  # sum_t dz_t^T r_{t-1}: one product over the flattened (B T) rows, shifted by one
-            flat_g, flat_r = gv.flatten(-3, -2), rates.flatten(-3, -2)  # row b T + t pairs with b T + t - 1 ...
-            g_w = flat_g[..., 1:, :].mT @ flat_r[..., :-1, :]
-            _mm_(g_w, gv[..., 0, :].mT, r0)  # ... so add each trial's first step (r_{-1} = f(h0)) and
-            _mm_(g_w, gv[..., 1:, 0, :].mT, rates[..., :-1, -1, :], -1)  # drop the pairs across two trials
+        if need[2]:  # sum_t dz_t^T r_{t-1}: steps 1.. as one product over their (T-1) B rows, then step 0
+            g_w = time_major(gv)[..., 1:, :, :].flatten(-3, -2).mT @ time_major(rates)[..., :-1, :, :].flatten(-3, -2)
+            _mm(g_w, gv[..., 0, :].mT, r0, out=g_w)  # r_{-1} = f(h0)
         return gv, g_h0, g_w, g_alpha, None, None
 
 

@@ -6,7 +6,7 @@ from typing import Iterator
 import pytest
 import torch
 
-from nn4n.engines import ACTIVATIONS, ENGINES
+from nn4n.engines import ACTIVATIONS, ENGINES, time_major
 from nn4n.model import CTRNN
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -101,6 +101,22 @@ def test_engine_without_preact(engine: str, device: str) -> None:
         results.append([rates, d.grad, w_.grad])
     for x, y in zip(*results):
         assert_close(x, y, 1e-10, engine)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_engine_reads_either_layout_and_returns_time_major(engine: str, device: str) -> None:
+    """A time-major drive (what the model passes) gives exactly what a batch-first one gives; the CPU
+    engines' rates come back time-major, one contiguous block per step (what the readout reads)."""
+    inputs = problem((5, 7, 9), torch.float64, device)
+    batch_first = run(engine, inputs, "tanh")
+    time_major_drive = time_major(time_major(inputs[0]).contiguous())
+    assert not time_major_drive.is_contiguous()
+    same = run(engine, [time_major_drive, *inputs[1:]], "tanh")
+    for name, x, y in zip(("rates", "preact", "drive", "h0", "w_rec", "alpha"), same, batch_first):
+        assert_close(x, y, 1e-12, f"{engine}/time-major drive: {name}")
+    if engine in ("reference", "fused"):
+        assert time_major(same[0]).is_contiguous() and time_major(same[1]).is_contiguous()
 
 
 def config(activation: str) -> dict:

@@ -40,8 +40,8 @@ def _empty_time_major(like: torch.Tensor) -> torch.Tensor:
     return time_major(like.new_empty(time_major(like).shape))
 
 
-def _mm(base: torch.Tensor, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``out = base + x @ w`` (``out`` may be ``base``), for one network (2-D) or a stack of networks (3-D)."""
+def _mm(base: torch.Tensor, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``base + x @ w`` (into ``out``, which may be ``base``), for one network (2-D) or a stack of networks (3-D)."""
     return (torch.addmm if w.dim() == 2 else torch.baddbmm)(base, x, w, out=out)
 
 

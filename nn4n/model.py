@@ -22,7 +22,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn.utils import parametrize
 from torch.utils.hooks import RemovableHandle
 
-from .engines import ENGINES, time_major
+from .engines import ENGINES, _mm, time_major
 from .structure import NetworkConfig, Structure
 
 FORMAT = "nn4n.CTRNN/1"
@@ -80,9 +80,7 @@ class _Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:  # type: ignore[override]
         ctx.save_for_backward(x, w)
-        if b is None:
-            return x @ w.mT
-        return (torch.addmm if w.dim() == 2 else torch.baddbmm)(b.unsqueeze(-2), x, w.mT)
+        return x @ w.mT if b is None else _mm(b.unsqueeze(-2), x, w.mT)
 
     @staticmethod
     @once_differentiable

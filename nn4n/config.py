@@ -99,6 +99,7 @@ class TrainConfig:
     engine: str = "auto"
     matmul_precision: str = "highest"
     threads: int = 1
+    retain_freed_memory: bool = True
     data_workers: str = "auto"  # or a count; see nn4n.train.loader_workers
     n_networks: int = 1
     reg: Regularizers = field(default_factory=Regularizers)

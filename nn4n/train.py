@@ -27,6 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from .allocator import retain_freed_memory
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, ConfigError, TaskConfig, check_schema, to_config
 from .data import TrialBatch, TrialSampler, batch_stream
@@ -57,7 +58,8 @@ class Interrupted(TrainingError):
 
 # Settings that may differ when a run is resumed; everything else must match the checkpoint.
 RESUMABLE_CHANGES = ("train.device", "train.engine", "train.matmul_precision", "train.threads",
-                     "train.data_workers", "train.eval_every", "train.checkpoint_every", "logging.")
+                     "train.retain_freed_memory", "train.data_workers", "train.eval_every",
+                     "train.checkpoint_every", "logging.")
 
 
 @contextlib.contextmanager
@@ -211,6 +213,8 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: Path) -> None:
         torch.set_num_threads(cfg.train.threads)
+        if cfg.train.retain_freed_memory:
+            retain_freed_memory()
         torch.set_float32_matmul_precision(cfg.train.matmul_precision)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)

@@ -21,6 +21,7 @@ import math
 import os
 import platform
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nn4n.allocator import retain_freed_memory
 from nn4n.engines import ENGINES, triton_runs_on
 from nn4n.ensemble import Ensemble
 from nn4n.model import CTRNN
@@ -274,7 +276,8 @@ def end_to_end_table(args: argparse.Namespace, device: torch.device, n_steps: in
           f"batch 64; {n_steps} steps, best of {args.rounds} rounds)\n")
     print("| what | ms / iteration | / model step |")
     print("|---|---:|---:|")
-    overrides = [f"train.device={device}", f"train.threads={args.threads}", "train.steps=1000000"]
+    overrides = [f"train.device={device}", f"train.threads={args.threads}", "train.steps=1000000",
+                 f"train.retain_freed_memory={args.retained}"]  # as the rest of this process
     with initialize_config_module("nn4n_configs", version_base="1.3"):
         real = resolve(compose("config", overrides))
         bare = resolve(compose("config", [*overrides, "logging.scalars_every=0", "logging.histograms_every=0"]))
@@ -307,6 +310,45 @@ def end_to_end_table(args: argparse.Namespace, device: torch.device, n_steps: in
             print(f"| {name} | {sec / n_steps * 1e3:,.1f} | {sec / base:.2f} |")
         for monitor in (*loop.monitors, *model_only.monitors):
             monitor.close()
+
+
+def allocator_child(iterations: int = 40) -> None:
+    """(Subprocess) per-iteration times and page faults of three CPU configurations."""
+    results = {}
+    for name, step in (("N=64", build("fused", 64, 64, T_STEPS, torch.device("cpu"), Path())),
+                       ("N=256", build("fused", 256, 64, T_STEPS, torch.device("cpu"), Path())),
+                       ("K=8 x N=64", ensemble_step(64, 8, 64, torch.device("cpu")))):
+        for _ in range(5):
+            step()
+        times, faults = [], []
+        for _ in range(iterations):
+            f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+        results[name] = times, faults
+    print(json.dumps(results))
+
+
+def allocator_table(args: argparse.Namespace, pairs: int = 3) -> None:
+    """glibc's default malloc against ``retain_freed_memory`` (nn4n-train's default), fresh processes in turn."""
+    print(f"\n### Freed-memory retention (fused engine, batch 64, T={T_STEPS}; {pairs} process pairs in turn, "
+          f"40 iterations each; ms / iteration)\n")
+    print("| configuration | malloc | best | median | page faults / iteration (mean) | median / retained |")
+    print("|---|---|---:|---:|---:|---:|")
+    runs: dict[str, list[dict]] = {"glibc default": [], "retained": []}
+    for _ in range(pairs):
+        for malloc, results in runs.items():
+            cmd = [sys.executable, __file__, "--allocator-child", malloc, "--threads", str(args.threads)]
+            results.append(json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout))
+
+    def pooled(malloc: str, name: str, i: int) -> np.ndarray:  # i = 0: times, 1: page faults
+        return np.concatenate([result[name][i] for result in runs[malloc]])
+
+    for name, malloc in itertools.product(runs["retained"][0], runs):
+        times = pooled(malloc, name, 0)
+        print(f"| {name} | {malloc} | {times.min() * 1e3:,.1f} | {np.median(times) * 1e3:,.1f} "
+              f"| {np.mean(pooled(malloc, name, 1)):,.0f} | {np.median(times) / np.median(pooled('retained', name, 0)):.2f} |")
 
 
 def spin() -> subprocess.Popen:
@@ -377,24 +419,35 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     parser.add_argument("--quick", action="store_true", help="speed table only, fewer rounds")
     parser.add_argument("--nn4n1", type=Path, default=ROOT.parent / "venv-nn4n1", help="venv with nn4n 1.x")
+    parser.add_argument("--malloc", choices=("retained", "glibc default"), default="retained",
+                        help="CPU allocator setting for all tables: nn4n-train's (retain_freed_memory) or glibc's")
     parser.add_argument("--peak", nargs=4, metavar=("NAME", "N", "BATCH", "T"), help=argparse.SUPPRESS)
+    parser.add_argument("--allocator-child", choices=("retained", "glibc default"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.peak:
         name, *sizes = args.peak
         peak_child(name, *map(int, sizes), args.device, str(args.nn4n1))
         return
+    args.retained = (args.allocator_child or args.malloc) == "retained" and retain_freed_memory()
+    if args.allocator_child:
+        allocator_child()
+        return
     device = torch.device(args.device)
     args.rounds = 3 if args.quick else 7
     args.memory = device.type == "cuda" or Path("/proc/self/clear_refs").exists()
     what = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    print(f"torch {torch.__version__}, {device} ({what}), {args.threads} threads, load average {os.getloadavg()[0]:.1f}")
+    malloc = "freed memory retained, as nn4n-train" if args.retained else "glibc default"
+    print(f"torch {torch.__version__}, {device} ({what}), {args.threads} threads, malloc: {malloc}, "
+          f"load average {os.getloadavg()[0]:.1f}")
     speed_table(args, device)
     networks_table(args, device)
     end_to_end_table(args, device)
     if not args.quick:
         if device.type == "cpu":
             thread_table(args, device)
+            if platform.libc_ver()[0] == "glibc":
+                allocator_table(args)
         if args.memory:
             memory_table(args)
 

@@ -39,6 +39,7 @@ def later_faults(mode: str) -> int:
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_trainer_makes_each_step_reuse_the_last_steps_pages() -> None:
     page_per_buffer = 64 * 100 * 256 * 4 // 4096
-    assert later_faults("untouched") > 4 * page_per_buffer  # glibc hands buffers back on most steps
-    assert later_faults("false") > 4 * page_per_buffer
+    # glibc hands buffers back (at least one on step 3) until its dynamic mmap threshold adapts (after 3-5 steps)
+    assert later_faults("untouched") >= page_per_buffer
+    assert later_faults("false") >= page_per_buffer
     assert later_faults("true") < 50

@@ -302,9 +302,17 @@ def end_to_end_table(args: argparse.Namespace, device: torch.device, n_steps: in
             for _ in range(n_steps):
                 loop.train_data.batch(next(unseen))
 
+        delivered = batch_stream(loop.train_data, 10**9, workers, pin_memory=device.type == "cuda")
+
+        def deliver() -> None:  # the loader alone: batches received per step by a process that does nothing else
+            for _ in range(n_steps):
+                next(delivered)
+
         loop_name = f"nn4n-train iteration ({workers} loader worker(s) + logging)"
         times = best_times({"model step (fixed batch, no logging)": model_steps, loop_name: loop_steps,
-                            "task generation (one batch, one process)": generate}, device, args.rounds, budget=0)
+                            "task generation (one batch, one process)": generate,
+                            f"loader delivery ({workers} worker(s), nothing else running)": deliver},
+                           device, args.rounds, budget=0)
         base = times["model step (fixed batch, no logging)"]
         for name, sec in times.items():
             print(f"| {name} | {sec / n_steps * 1e3:,.1f} | {sec / base:.2f} |")

@@ -130,6 +130,20 @@ def test_sampler_pickles_and_rebuilds_env():
     assert_batches_equal(clone.batch(2), expected)
 
 
+def test_batch_travels_from_loader_workers_in_band():
+    """A worker's batch goes through the pipe as bytes, not as one shared-memory file per tensor."""
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # noqa: F401  registers torch's tensor reducers, as loader workers use them
+
+    batch = TrialSampler(PDM, dt=20, batch_size=16, seed=1).batch(0)
+    payload = bytes(ForkingPickler.dumps(batch))
+    assert len(payload) > sum(getattr(batch, f).nbytes for f in ("inputs", "targets", "mask", "decision", "lengths"))
+    clone = pickle.loads(payload)
+    assert_batches_equal(clone, batch)
+    assert clone.inputs.dtype == torch.float32 and clone.targets.dtype == torch.int64
+
+
 @pytest.mark.parametrize(("name", "num_workers"), [(PDM, 0), (PDM, 1), (PDM, 2), ("HierarchicalReasoning-v0", 2)])
 def test_stream_matches_direct_batches(name, num_workers):
     sampler = TrialSampler(name, dt=20, batch_size=24, seed=3)

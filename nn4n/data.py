@@ -36,8 +36,7 @@ class TrialBatch:
         """Pickle the tensors as numpy arrays, in band. Loader workers send batches this way: sending them as
         torch tensors (one shared-memory file per tensor, fetched from the worker's fd-sharing thread) made a
         worker twice as slow per batch."""
-        arrays = tuple(getattr(self, f).numpy() for f in _TENSORS)
-        return _batch_from_arrays, (*arrays, self.conditions, self.epochs)
+        return _batch_from_arrays, ({f: getattr(self, f).numpy() for f in _TENSORS}, self.conditions, self.epochs)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> TrialBatch:
         """Copy of the batch with its tensors on `device`."""
@@ -63,10 +62,10 @@ class TrialBatch:
         ]
 
 
-def _batch_from_arrays(*fields: Any) -> TrialBatch:
-    *arrays, conditions, epochs = fields
-    return TrialBatch(**{f: torch.from_numpy(a) for f, a in zip(_TENSORS, arrays, strict=True)},
-                      conditions=conditions, epochs=epochs)
+def _batch_from_arrays(
+    arrays: dict[str, np.ndarray], conditions: dict[str, np.ndarray], epochs: dict[str, np.ndarray]
+) -> TrialBatch:
+    return TrialBatch(**{f: torch.from_numpy(a) for f, a in arrays.items()}, conditions=conditions, epochs=epochs)
 
 
 def _is_number(value: Any) -> bool:

@@ -320,12 +320,14 @@ def end_to_end_table(args: argparse.Namespace, device: torch.device, n_steps: in
             monitor.close()
 
 
-def allocator_child(iterations: int = 40) -> None:
-    """(Subprocess) per-iteration times and page faults of three CPU configurations."""
+def allocator_child() -> None:
+    """(Subprocess) per-iteration times and page faults of four CPU configurations."""
+    cpu = torch.device("cpu")
     results = {}
-    for name, step in (("N=64", build("fused", 64, 64, T_STEPS, torch.device("cpu"), Path())),
-                       ("N=256", build("fused", 256, 64, T_STEPS, torch.device("cpu"), Path())),
-                       ("K=8 x N=64", ensemble_step(64, 8, 64, torch.device("cpu")))):
+    for name, step, iterations in (("N=64", build("fused", 64, 64, T_STEPS, cpu, Path()), 40),
+                                   ("N=256", build("fused", 256, 64, T_STEPS, cpu, Path()), 40),
+                                   ("K=8 x N=64", ensemble_step(64, 8, 64, cpu), 40),
+                                   ("N=256, batch 256, T=200", build("fused", 256, 256, 200, cpu, Path()), 12)):
         for _ in range(5):
             step()
         times, faults = [], []
@@ -340,8 +342,8 @@ def allocator_child(iterations: int = 40) -> None:
 
 def allocator_table(args: argparse.Namespace, pairs: int = 3) -> None:
     """glibc's default malloc against ``retain_freed_memory`` (nn4n-train's default), fresh processes in turn."""
-    print(f"\n### Freed-memory retention (fused engine, batch 64, T={T_STEPS}; {pairs} process pairs in turn, "
-          f"40 iterations each; ms / iteration)\n")
+    print(f"\n### Freed-memory retention (fused engine, batch 64, T={T_STEPS} unless given; {pairs} process pairs in turn, "
+          f"40 iterations each, 12 of the largest; ms / iteration)\n")
     print("| configuration | malloc | best | median | page faults / iteration (mean) | median / retained |")
     print("|---|---|---:|---:|---:|---:|")
     runs: dict[str, list[dict]] = {"glibc default": [], "retained": []}

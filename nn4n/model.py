@@ -290,9 +290,9 @@ class CTRNN(nn.Module):
         # as in Song et al. 2016 (u + sqrt(2/a) sigma_in xi), with each neuron's own a.
         if noisy and self.config.noise.input > 0:
             shared = _linear(torch.randn_like(u) * self.config.noise.input, w.w_in, None)
-            drive = drive + shared * torch.sqrt(2.0 / alpha)
+            drive = torch.addcmul(drive, shared, torch.sqrt(2.0 / alpha))
         if noisy and self._rec_noise:
-            drive = drive + torch.randn_like(drive) * (_per_neuron(w.noise_std) * torch.sqrt(2.0 / alpha))
+            drive = torch.addcmul(drive, torch.randn_like(drive), _per_neuron(w.noise_std) * torch.sqrt(2.0 / alpha))
         if h0 is None:
             rest = w.h0 if w.h0 is not None else drive.new_zeros(w.alpha.shape)
             h0 = rest.unsqueeze(-2).expand(*rest.shape[:-1], inputs.shape[-3], -1)

@@ -6,7 +6,7 @@ one built in Python go through the same checks.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -144,6 +144,12 @@ class Config:
     seed: int = 0
     name: str = "run"
 
+    def __post_init__(self) -> None:
+        for key in ("rate_l1_area", "rate_l2_area"):
+            for area in getattr(self.train.reg, key):
+                _check(area in self.model.areas, f"train.reg.{key}.{area}",
+                       f"unknown area {area!r}; areas: {', '.join(self.model.areas)}")
+
 
 def one_line(err: OmegaConfBaseException) -> str:
     """OmegaConf's multi-line messages reduced to 'key: problem'."""
@@ -154,6 +160,13 @@ def one_line(err: OmegaConfBaseException) -> str:
     match = re.match(r"Key '(.+)' not in '(\w+)'", message)
     if match:
         return f"{key or match.group(1)}: unknown key"
+    match = re.match(r"Invalid type assigned: dict is not a subclass of (\w+)", message)
+    if match:  # `+model.areas.V1.size=64`: OmegaConf cannot add an entry typed as a dataclass
+        return (f"{key}: a new {match.group(1)} cannot be added from the command line; "
+                "put it in a config file (a new set of areas: an arch file, with --config-dir)")
+    if re.match(r"Key '.+' is not in struct", message) and key and isinstance(err.parent_node, DictConfig):
+        entries = ", ".join(map(str, err.parent_node.keys())) or "no entries"
+        return f"{key}: unknown key; {key.rpartition('.')[0]} has {entries}"
     return f"{key}: {message}" if key else message
 
 
@@ -176,9 +189,23 @@ def check_schema(cfg: DictConfig | dict) -> DictConfig:
     """Merge ``cfg`` onto the schema: unknown keys and wrong types fail with a one-line ConfigError."""
     _reject_targets(cfg)
     try:
-        return OmegaConf.merge(OmegaConf.structured(Config), cfg)
+        merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
     except OmegaConfBaseException as err:
         raise ConfigError(one_line(err)) from None
+    _reject_added_fields(merged)
+    return merged
+
+
+def _reject_added_fields(node: DictConfig, path: str = "") -> None:
+    """A ``+key=value`` override puts a key into a schema section that has no such field; OmegaConf keeps
+    it, and the run would silently ignore it (a misspelt name, say)."""
+    schema = OmegaConf.get_type(node)
+    known = {f.name for f in fields(schema)} if is_dataclass(schema) else None
+    for key, value in node.items_ex(resolve=False):
+        if known is not None and key not in known:
+            raise ConfigError(f"{path}{key}: unknown key")
+        if isinstance(value, DictConfig):
+            _reject_added_fields(value, f"{path}{key}.")
 
 
 def to_config(cfg: DictConfig) -> Config:

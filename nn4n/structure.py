@@ -80,6 +80,8 @@ class Init:
 class NetworkConfig:
     """Everything that defines a network; plain Python, no Hydra needed.
 
+    Its parts (``density``, ``noise``, ``init``, ``plasticity``, each area and input group) may be
+    given as their dataclasses or as plain dicts.
     ``projections[to][from]`` overrides the default density of the (post=to, pre=from) block.
     ``dale`` makes every neuron excitatory or inhibitory (``exc_frac`` of each area excitatory);
     without it all neurons are unconstrained (sign 0).
@@ -114,6 +116,13 @@ class NetworkConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for key, part in _PARTS.items():
+            value = getattr(self, key)
+            setattr(self, key, value if isinstance(value, part) else _from_dict(part, value, f"{key}."))
+        for key, item in _ITEMS.items():
+            _check(isinstance(getattr(self, key), Mapping), key, f"must be a mapping of names, got {getattr(self, key)!r}")
+            setattr(self, key, {name: v if isinstance(v, item) else _from_dict(item, v or {}, f"{key}.{name}.")
+                                for name, v in getattr(self, key).items()})
         _validate(self)
 
     @classmethod
@@ -125,24 +134,17 @@ class NetworkConfig:
         return dataclasses.asdict(self)
 
 
-def _from_dict(cls: type, values: Mapping[str, Any], path: str) -> Any:
-    """Recursively build dataclass ``cls`` from dicts; unknown keys raise ``ValueError``."""
-    hints = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in values.items():
-        if key not in hints:
-            raise ValueError(f"{path}{key}: unknown key; allowed: {', '.join(hints)}")
-        nested = {"density": Density, "noise": Noise, "init": Init, "plasticity": Plasticity}
-        if cls is NetworkConfig and key in nested and isinstance(value, Mapping):
-            value = _from_dict(nested[key], value, f"{path}{key}.")
-        elif cls is NetworkConfig and key in ("areas", "input_groups") and isinstance(value, Mapping):
-            item = Area if key == "areas" else InputGroup
-            value = {
-                name: v if isinstance(v, item) else _from_dict(item, v or {}, f"{path}{key}.{name}.")
-                for name, v in value.items()
-            }
-        kwargs[key] = value
-    return cls(**kwargs)
+_PARTS: dict[str, type] = {"density": Density, "noise": Noise, "init": Init, "plasticity": Plasticity}
+_ITEMS: dict[str, type] = {"areas": Area, "input_groups": InputGroup}
+
+
+def _from_dict(cls: type, values: Any, path: str) -> Any:
+    """Dataclass ``cls`` from a dict of its fields; anything else, or an unknown key, raises ``ValueError``."""
+    _check(isinstance(values, Mapping), path.rstrip(".") or cls.__name__, f"must be a mapping, got {values!r}")
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        _check(key in allowed, f"{path}{key}", f"unknown key; allowed: {', '.join(allowed)}")
+    return cls(**values)
 
 
 def _check(ok: bool, key: str, message: str) -> None:

@@ -1,0 +1,51 @@
+"""The README's examples run as written: its single-run commands and its Python without Hydra."""
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from nn4n.config import register_schema
+from nn4n.train import resolve
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+register_schema()
+
+
+def single_runs() -> list[str]:
+    """``nn4n-train`` lines, less sweeps, ``--cfg`` and other config folders (tested in test_sweep, test_cli)."""
+    runs = [line.split("#")[0].strip() for line in README.splitlines() if line.startswith("nn4n-train ")]
+    return [run for run in runs if not any(flag in run for flag in (" -m ", "--cfg", "--config-dir", "task.dirs"))]
+
+
+def test_readme_has_examples() -> None:
+    assert len(single_runs()) >= 6
+
+
+@pytest.mark.parametrize("run", single_runs())
+def test_command_composes_and_takes_effect(run: str) -> None:
+    """Each command validates, and every ``key=value`` in it reaches the composed config."""
+    overrides = [arg for arg in shlex.split(run)[1:] if not arg.startswith("hydra.")]
+    with initialize_config_module("nn4n_configs", version_base="1.3"):
+        composed = compose("config", overrides)
+    resolve(composed)
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if "." in override.key_or_group:  # a value, not a config group choice
+            assert OmegaConf.select(composed, override.key_or_group) == override.value(), override.input_line
+
+
+def test_python_without_hydra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The section's code block, run as is; it saves and reloads a network."""
+    section = README.split("## Using the network in Python, without Hydra", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code.group(1), "README.md", "exec"), namespace)
+    assert namespace["net"].structure.area_names == ["V1", "PFC"]
+    assert namespace["activity"].area("PFC").shape == (8, 100, 64) and (tmp_path / "net.pt").exists()

@@ -74,6 +74,8 @@ def _main(cfg: DictConfig) -> float:
         metrics = done or train(config, run_dir)
     except (ConfigError, TrainingError) as err:
         log.error("%s", err)  # into the run's log file too
+        if isinstance(err, ConfigError) and not sweeping:
+            _discard(run_dir)  # e.g. a device this machine lacks: nothing was trained
         _fail(err)
     return metrics.get("accuracy", metrics.get("mse", float("nan")))
 

@@ -137,8 +137,9 @@ def pca_trajectories(act: Activity, color_by: str = "ground_truth", max_trials: 
     rates, valid = np.asarray(act["rates"]), _valid(act)
     x = rates[valid]
     mean = x.mean(axis=0)
-    eigval, eigvec = np.linalg.eigh(np.cov(x, rowvar=False))  # neurons x neurons: cheap for many steps
-    var, vt = eigval[::-1] / eigval.sum(), eigvec[:, ::-1].T
+    eigval, eigvec = np.linalg.eigh(np.atleast_2d(np.cov(x, rowvar=False)))  # neurons x neurons: cheap for many steps
+    eigval, vt = np.pad(eigval[::-1], (0, 1)), np.pad(eigvec[:, ::-1].T, ((0, 1), (0, 0)))  # a zero PC2 for one neuron
+    var = eigval / eigval.sum() if eigval.sum() > 0 else eigval  # a silent network has no variance to share out
     cond = act.get(f"cond_{color_by}")
     values = np.unique(cond) if cond is not None else np.array([None])
     n_val = len(values)

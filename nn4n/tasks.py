@@ -192,21 +192,27 @@ def _names(space: gym.Space) -> dict[str, list[int]]:
 
 
 def describe(env: TrialEnv, decision_period: str | None = "decision") -> TaskSpec:
-    """TaskSpec of `env`; decision_period is None if the task has no such period.
+    """TaskSpec of `env`. A classification task must have the decision period (accuracy is read in it;
+    None: no accuracy); a regression task without it gets None.
 
     Draws one trial from `env` if none was drawn yet, to learn its periods.
     """
     if not env.start_ind:
         env.new_trial()
     discrete = isinstance(env.action_space, gym.spaces.Discrete)
+    name = env.spec.id if env.spec else type(env).__name__
+    periods = list(dict.fromkeys([*env.timing, *env.start_ind]))
+    if discrete and decision_period is not None and decision_period not in periods:
+        raise ValueError(f"task.decision_period: {decision_period!r} is not a period of {name} (periods: "
+                         f"{', '.join(periods)}; null for none: no accuracy, only the loss)")
     return TaskSpec(
-        name=env.spec.id if env.spec else type(env).__name__,
+        name=name,
         n_inputs=int(np.prod(env.observation_space.shape)),
         n_outputs=int(env.action_space.n) if discrete else int(np.prod(env.action_space.shape)),
         kind="classification" if discrete else "regression",
         input_names=_names(env.observation_space),
         output_names=_names(env.action_space),
-        decision_period=decision_period if decision_period in {*env.timing, *env.start_ind} else None,
+        decision_period=decision_period if decision_period in periods else None,
         dt=float(env.dt),
     )
 

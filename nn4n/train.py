@@ -116,9 +116,12 @@ def resolve(raw: DictConfig | dict) -> Config:
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {name!r} requested but CUDA is not available; use auto or cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    count = {"cuda": torch.cuda.device_count(), "mps": int(torch.backends.mps.is_available()), "cpu": 1}[device.type]
+    if (device.index or 0) >= count:
+        what = f"{count} {device.type.upper()} device(s)" if count else f"{device.type.upper()} is not available"
+        raise ConfigError(f"train.device: {name!r} requested but {what}; use auto or cpu")
+    return device
 
 
 def loader_workers(setting: str, device: torch.device) -> int:

@@ -87,7 +87,8 @@ def test_non_numeric_trial_info_is_dropped():
 
 @pytest.mark.parametrize("name", TASKS)
 def test_every_task_builds_a_batch(name):
-    sampler = TrialSampler(name, dt=20, batch_size=4, seed=0)
+    period = {"ReadySetGo-v0": "production"}.get(name, "decision")  # the others that classify have "decision"
+    sampler = TrialSampler(name, dt=20, batch_size=4, seed=0, decision_period=period)
     spec, batch = sampler.spec, sampler.batch(0)
     n_steps = int(batch.lengths.max())
     assert batch.inputs.shape == (4, n_steps, spec.n_inputs)

@@ -118,6 +118,19 @@ def test_pca_trajectories(act):
     np.testing.assert_allclose(shown, var[:2], atol=0.05)
 
 
+@pytest.mark.parametrize("case", ["one neuron", "silent"])
+def test_every_figure_of_one_neuron_or_a_silent_network(act, case):
+    """A one-neuron network has no PC2 (plotted as 0); a silent one no variance (0 %, not nan)."""
+    one = {**act, **{k: act[k][..., :1] for k in ("rates", "w_in")}, "w_rec": act["w_rec"][:1, :1],
+           "w_out": act["w_out"][:, :1], "sign": act["sign"][:1], "area": act["area"][:1], "area_names": act["area_names"][:1]}
+    if case == "silent":
+        one["rates"] = np.zeros_like(act["rates"])
+    figs = figures.all_figures(one)
+    title = figs["pca"].axes[0].get_title()
+    assert title.startswith("PC1 100.0% · PC2 0.0%" if case == "one neuron" else "PC1 0.0% · PC2 0.0%"), title
+    assert all(isinstance(f, Figure) for f in figs.values())
+
+
 def test_pca_without_condition(act):
     ax = figures.pca_trajectories(act, color_by="missing").axes[0]
     assert ax.get_legend() is None

@@ -44,6 +44,7 @@ BAD_CONFIGS = [
     ("model.init.spectral_radius=-1", "model.init.spectral_radius"),
     ("task.dt=-20", "task.dt"),
     ("task.decision_weight=-5", "task.decision_weight"),
+    ("task.decision_period=decison", "task.decision_period: 'decison' is not a period of PerceptualDecisionMaking-v0"),
     # unknown names
     ("train.optimizr=adam", "train.optimizr"),
     ("train.optimizer=adamax", "train.optimizer"),
@@ -98,6 +99,18 @@ def test_bad_config_table(override: str, key: str, tmp_path: Path, monkeypatch: 
     assert code != 0, override
     assert "Traceback" not in err and key in err, err
     assert len(err.splitlines()) == 1 and err.startswith("nn4n-train: error: "), err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("device, available", [("cuda:1", torch.cuda.device_count() > 1), ("mps", torch.backends.mps.is_available())])
+def test_device_this_machine_lacks(device: str, available: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture) -> None:
+    """Found only when training starts, after Hydra made the run directory: that directory goes too."""
+    if available:
+        pytest.skip(f"{device} exists here")
+    code = cli_in_process(["debug=fast", f"train.device={device}", "hydra.run.dir=run"], monkeypatch, tmp_path)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith(f"nn4n-train: error: train.device: {device!r} requested but ") and "\n" not in err
     assert not (tmp_path / "run").exists()
 
 

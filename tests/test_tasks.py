@@ -107,7 +107,16 @@ def test_describe_regression_and_missing_decision_period():
     assert (spec.kind, spec.n_inputs, spec.n_outputs, spec.decision_period) == ("regression", 3, 2, None)
     assert spec.input_names == {"angular_velocity": [0], "heading": [1, 2]}
     assert describe(make_task("ReadySetGo-v0", dt=20), decision_period="production").decision_period == "production"
-    assert describe(make_task("ToneDetection-v0", dt=20)).input_names == {}
+    assert describe(make_task("ToneDetection-v0", dt=20), decision_period=None).input_names == {}
+
+
+def test_classification_needs_its_decision_period():
+    """Accuracy is read in the decision period: a name the task lacks is an error, not a run without one."""
+    with pytest.raises(ValueError, match=r"^task\.decision_period: 'decison' is not a period of PerceptualDecisionMaking-v0 "
+                                         r"\(periods: fixation, stimulus, delay, decision; null for none"):
+        describe(make_task("PerceptualDecisionMaking-v0", dt=20), decision_period="decison")
+    with pytest.raises(ValueError, match=r"'decision' is not a period of ToneDetection-v0 \(periods: stimulus, toneTiming"):
+        describe(make_task("ToneDetection-v0", dt=20))
 
 
 def test_unknown_task_name():

@@ -99,6 +99,19 @@ def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.T
     return _Linear.apply(flat, w, b).view(*x.shape[:-1], w.shape[-2])
 
 
+def _check_inputs(inputs: torch.Tensor, h0: torch.Tensor | None, w: Weights, n_features: int) -> None:
+    """One-line errors for inputs (and h0) that do not fit the network, before torch's own."""
+    stacked = w.w_rec.dim() == 3
+    shape = "(networks, batch, time, features)" if stacked else "(batch, time, features)"
+    if inputs.dim() != 3 + stacked or inputs.shape[-1] != n_features:
+        raise ValueError(f"inputs: must be {shape} with {n_features} features, got shape {tuple(inputs.shape)}")
+    if inputs.dtype != w.w_rec.dtype:
+        raise ValueError(f"inputs: dtype {inputs.dtype} differs from the network's {w.w_rec.dtype}")
+    want = (*inputs.shape[:-2], w.w_rec.shape[-1])
+    if h0 is not None and tuple(h0.shape) != want:
+        raise ValueError(f"h0: must have shape {want} (one state per trial), got {tuple(h0.shape)}")
+
+
 def _per_neuron(x: torch.Tensor) -> torch.Tensor:
     """A per-neuron vector (N,) or stack (K, N) shaped to broadcast over (B, T, N) or (K, B, T, N)."""
     return x if x.dim() == 1 else x[:, None, None]
@@ -280,6 +293,7 @@ class CTRNN(nn.Module):
         ``w`` is :meth:`effective_weights` or K networks' stacked (:meth:`Weights.stack`); then
         ``inputs`` (K, batch, time, input_size) and every result have the same leading K.
         """
+        _check_inputs(inputs, h0, w, self.config.input_size)
         noisy = self.training if noise is None else noise
         alpha = _per_neuron(w.alpha)
         u = time_major(inputs)  # the drive is made time-major: each step of the loop is one contiguous block

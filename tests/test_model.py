@@ -265,6 +265,21 @@ def test_h0_argument_overrides_rest_state():
     torch.testing.assert_close(act.preact[:, 0], expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("inputs, h0, message", [
+    ((4, 9, 5), None, r"^inputs: must be \(batch, time, features\) with 3 features, got shape \(4, 9, 5\)$"),
+    ((9, 3), None, r"^inputs: must be \(batch, time, features\) with 3 features, got shape \(9, 3\)$"),
+    ((4, 9, 3), (3, 45), r"^h0: must have shape \(4, 45\) \(one state per trial\), got \(3, 45\)$"),
+])
+def test_inputs_that_do_not_fit_are_named(inputs, h0, message):
+    with pytest.raises(ValueError, match=message):
+        make()(torch.randn(inputs), h0=None if h0 is None else torch.randn(h0))
+
+
+def test_inputs_of_another_dtype_are_named():
+    with pytest.raises(ValueError, match=r"^inputs: dtype torch.float64 differs from the network's torch.float32$"):
+        make()(torch.randn(2, 5, 3, dtype=torch.float64))
+
+
 # ------------------------------------------------------------------------------ noise
 SILENT = {  # no weights at all: v is driven by noise only
     "areas": {"A": {"size": 32}},

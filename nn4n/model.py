@@ -126,7 +126,7 @@ class Activity:
     preact: torch.Tensor | None = None  # membrane potentials v, same shape, on request
 
     def select(self, area: str | None = None, population: str | None = None) -> torch.Tensor:
-        """Rates of one area and/or population ('E' or 'I'): ``(batch, time, selected neurons)``."""
+        """Rates of one area and/or population ('E'/'excitatory', 'I'/'inhibitory'): ``(batch, time, selected neurons)``."""
         idx = torch.as_tensor(self.structure.indices(area, population), device=self.rates.device)
         return self.rates.index_select(-1, idx)
 

@@ -285,16 +285,18 @@ class Structure:
         return np.array(self.area_names)[self.area_id]
 
     def indices(self, area: str | None = None, population: str | None = None) -> np.ndarray:
-        """Neuron indices of an area (all areas if None) and population ('E', 'I' or None for both)."""
+        """Neuron indices of an area (all areas if None) and population ('E' or 'excitatory', 'I' or
+        'inhibitory', None for both)."""
         keep = np.ones(self.n_neurons, bool)
         if area is not None:
             if area not in self.area_slices:
                 raise ValueError(f"area: unknown area {area!r}; areas: {', '.join(self.area_names)}")
             keep &= self.area_id == self.area_names.index(area)
         if population is not None:
-            if population not in ("E", "I"):
-                raise ValueError(f"population: must be 'E' or 'I', got {population!r}")
-            keep &= self.sign == (1 if population == "E" else -1)
+            signs = {"E": 1, "excitatory": 1, "I": -1, "inhibitory": -1}
+            if population not in signs:
+                raise ValueError(f"population: must be 'E', 'I', 'excitatory' or 'inhibitory', got {population!r}")
+            keep &= self.sign == signs[population]
         return np.flatnonzero(keep)
 
     def _block_density(self, to: str, pre: str) -> float:

@@ -56,6 +56,8 @@ def test_neuron_order_sign_and_area():
     np.testing.assert_array_equal(st.indices(), np.arange(45))
     np.testing.assert_array_equal(st.indices(population="E"), np.concatenate(list(E_IDX.values())))
     np.testing.assert_array_equal(st.indices(population="I"), np.concatenate(list(I_IDX.values())))
+    np.testing.assert_array_equal(st.indices("V1", "excitatory"), E_IDX["V1"])  # the words work too
+    np.testing.assert_array_equal(st.indices("V1", "inhibitory"), I_IDX["V1"])
 
 
 def test_per_area_overrides():
@@ -79,7 +81,7 @@ def test_indices_rejects_unknown_area_and_population():
     st = build()
     with pytest.raises(ValueError, match="area: unknown area 'M1'; areas: PFC, V1, PPC"):
         st.indices("M1")
-    with pytest.raises(ValueError, match="population: must be 'E' or 'I'"):
+    with pytest.raises(ValueError, match="population: must be 'E', 'I', 'excitatory' or 'inhibitory', got 'exc'"):
         st.indices("V1", "exc")
 
 

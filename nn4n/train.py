@@ -109,6 +109,8 @@ def resolve(raw: DictConfig | dict) -> Config:
         spec = sampler(OmegaConf.to_object(cfg.task), 1, 0).spec  # type: ignore[arg-type]
     except ValueError as err:
         raise ConfigError(str(err).splitlines()[0]) from None
+    except Exception as err:  # the task's own code (a user's task, say) failed on its first trial
+        raise ConfigError(f"task.name: {cfg.task.name} failed on its first trial: {type(err).__name__}: {err}") from err
     cfg.model.input_size, cfg.model.output_size, cfg.model.dt = spec.n_inputs, spec.n_outputs, spec.dt
     return to_config(cfg)
 

@@ -114,6 +114,35 @@ def test_device_this_machine_lacks(device: str, available: bool, tmp_path: Path,
     assert not (tmp_path / "run").exists()
 
 
+FAILING_TASK = """
+import numpy as np
+from gymnasium import spaces
+from neurogym.core import TrialEnv
+
+
+class FailingTask(TrialEnv):
+    def __init__(self, dt=20):
+        super().__init__(dt=dt)
+        self.timing = {"stimulus": 100, "decision": 100}
+        self.observation_space = spaces.Box(-np.inf, np.inf, shape=(1,), dtype=np.float32)
+        self.action_space = spaces.Discrete(2)
+
+    def _new_trial(self, **kwargs):
+        raise RuntimeError("no stimulus file")
+"""
+
+
+def test_task_whose_code_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """A user's task that raises on its first trial: one line naming the task and its error, no run directory."""
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "failing.py").write_text(FAILING_TASK)
+    argv = ["debug=fast", "task.name=FailingTask-v0", f"task.dirs=[{tmp_path / 'tasks'}]", "hydra.run.dir=run"]
+    code = cli_in_process(argv, monkeypatch, tmp_path)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and not (tmp_path / "run").exists()
+    assert err == "nn4n-train: error: task.name: FailingTask-v0 failed on its first trial: RuntimeError: no stimulus file"
+
+
 def test_table_is_big_enough() -> None:
     assert len([c for c in BAD_CONFIGS if c[1]]) >= 30
 

@@ -22,6 +22,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", network: int = 0) ->
     ``network`` picks one of a run's ``train.n_networks`` networks (0 for a one-network run).
     """
     run_dir = Path(run_dir)
+    if not (run_dir / ".hydra" / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir}: not an nn4n-train run directory (it has no .hydra/config.yaml)")
     cfg = resolve(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
     n_networks = cfg.train.n_networks
     if not 0 <= network < n_networks:

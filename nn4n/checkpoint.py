@@ -10,6 +10,9 @@ import numpy as np
 import torch
 
 FORMAT = "nn4n.checkpoint/2"
+MODEL_FORMAT = "nn4n.CTRNN/1"
+_KINDS = {FORMAT: ("training checkpoint", "nn4n.analysis.load_run(run_dir, checkpoint='last')"),
+          MODEL_FORMAT: ("model file", "CTRNN.load")}  # format -> (what it is, what reads it)
 
 
 def rng_state() -> dict[str, Any]:
@@ -45,12 +48,23 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``: a file that needs arbitrary code is refused."""
+def load_nn4n_file(path: str | Path, fmt: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a file of format ``fmt`` with ``weights_only=True``: a file that needs arbitrary code is refused,
+    and so is any other file, with a message that says what it is if it is another nn4n file."""
+    what = _KINDS[fmt][0]
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError (and others) for unsafe or corrupt files
-        raise ValueError(f"{path}: refused to load: not a plain-tensor nn4n checkpoint ({type(err).__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an nn4n checkpoint")
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # torch raises UnpicklingError (and others) for unsafe, corrupt or foreign files
+        raise ValueError(f"{path}: refused to load: not a plain-tensor nn4n {what} ({type(err).__name__})") from None
+    found = state.get("format") if isinstance(state, dict) else None
+    if found != fmt:
+        other = f"; it is an nn4n {_KINDS[found][0]}, which {_KINDS[found][1]} reads" if found in _KINDS else ""
+        raise ValueError(f"{path}: not an nn4n {what}{other}")
     return state
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a training checkpoint (see :func:`load_nn4n_file`)."""
+    return load_nn4n_file(path, FORMAT, map_location)

@@ -22,10 +22,10 @@ from torch.autograd.function import once_differentiable
 from torch.nn.utils import parametrize
 from torch.utils.hooks import RemovableHandle
 
+from .checkpoint import MODEL_FORMAT, load_nn4n_file
 from .engines import ENGINES, _mm, time_major
 from .structure import NetworkConfig, Structure
 
-FORMAT = "nn4n.CTRNN/1"
 TAU_MARGIN = 1e-3  # a learned tau stays >= dt * (1 + TAU_MARGIN): dt/tau < 1 even in float32
 
 
@@ -318,15 +318,13 @@ class CTRNN(nn.Module):
         """Write config and weights to ``path`` (atomically: temporary file, then rename)."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        torch.save({"format": FORMAT, "config": self.config.to_dict(), "state_dict": self.state_dict()}, tmp)
+        torch.save({"format": MODEL_FORMAT, "config": self.config.to_dict(), "state_dict": self.state_dict()}, tmp)
         tmp.replace(path)
 
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu", engine: str = "reference") -> CTRNN:
         """Rebuild a saved model; only tensors and plain values are read (``weights_only=True``)."""
-        blob = torch.load(path, map_location=map_location, weights_only=True)
-        if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-            raise ValueError(f"{path}: not an nn4n model file")
+        blob = load_nn4n_file(path, MODEL_FORMAT, map_location)
         model = cls(NetworkConfig.from_dict(blob["config"]), engine=engine)
         model.load_state_dict(blob["state_dict"])
         return model.to(map_location)

@@ -145,3 +145,10 @@ def test_figures_from_a_run_in_python(debug_run: Path) -> None:
     record = activity_from_run(debug_run, n_trials=32, checkpoint="last")
     np.testing.assert_allclose(record["rates"], saved["rates"], rtol=1e-4, atol=1e-6)  # same held-out trials
     assert set(figures.all_figures(record)) == {"activity", "connectivity", "pca", "trial_io", "psychometric"}
+
+
+def test_load_run_names_a_directory_that_is_not_a_run(debug_run: Path) -> None:
+    from nn4n.analysis import load_run
+
+    with pytest.raises(FileNotFoundError, match=r"checkpoints: not an nn4n-train run directory \(it has no .hydra/config.yaml\)$"):
+        load_run(debug_run / "checkpoints")

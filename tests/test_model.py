@@ -1,15 +1,14 @@
 """CTRNN: constraints under training, plasticity, exact gradients, noise statistics, views, files."""
 from __future__ import annotations
 
-import pickle
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from nn4n.checkpoint import MODEL_FORMAT, load_checkpoint, save_checkpoint
 from nn4n.engines import ENGINES
-from nn4n.model import FORMAT, TAU_MARGIN, CTRNN
+from nn4n.model import TAU_MARGIN, CTRNN
 from nn4n.structure import NetworkConfig
 from helpers import merge
 
@@ -534,15 +533,33 @@ def test_save_load_round_trip(tmp_path):
 def test_load_refuses_pickled_objects_and_foreign_files(tmp_path):
     model = make()
     evil = tmp_path / "evil.pt"
-    torch.save({"format": FORMAT, "config": model.config.to_dict(), "state_dict": model.state_dict(),
+    torch.save({"format": MODEL_FORMAT, "config": model.config.to_dict(), "state_dict": model.state_dict(),
                 "payload": _Payload()}, evil)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(ValueError, match="evil.pt: refused to load: not a plain-tensor nn4n model file \\(UnpicklingError\\)"):
         CTRNN.load(evil)
     assert _Payload.ran is False
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(3)}, other)
-    with pytest.raises(ValueError, match="not an nn4n model file"):
+    with pytest.raises(ValueError, match="not an nn4n model file$"):
         CTRNN.load(other)
+    text = tmp_path / "metrics.json"
+    text.write_text("{}")
+    with pytest.raises(ValueError, match="metrics.json: refused to load: not a plain-tensor nn4n model file"):
+        CTRNN.load(text)
+
+
+def test_load_says_what_another_nn4n_file_is(tmp_path):
+    """A training checkpoint given to CTRNN.load, or a model file where a checkpoint belongs."""
+    model_file, checkpoint = tmp_path / "best.pt", tmp_path / "last.pt"
+    make().save(model_file)
+    save_checkpoint(checkpoint, {"step": 1})
+    with pytest.raises(ValueError, match=r"last.pt: not an nn4n model file; it is an nn4n training checkpoint, "
+                                         r"which nn4n.analysis.load_run\(run_dir, checkpoint='last'\) reads$"):
+        CTRNN.load(checkpoint)
+    with pytest.raises(ValueError, match=r"best.pt: not an nn4n training checkpoint; it is an nn4n model file, which CTRNN.load reads$"):
+        load_checkpoint(model_file)
+    with pytest.raises(FileNotFoundError):
+        CTRNN.load(tmp_path / "missing.pt")
 
 
 # ------------------------------------------------------------------------------ dtype / device

@@ -77,10 +77,19 @@ def _deferred_signals() -> Iterator[list[int]]:
             signal.signal(s, handler)
 
 
-def check_resumable(saved: dict[str, Any], current: dict[str, Any], run_dir: Path) -> None:
-    """Refuse to continue the run in ``run_dir`` (flattened config ``saved``) with another config."""
+def hydra_record(run_dir: Path) -> dict[str, str]:
+    """The run's ``.hydra/*.yaml`` files (its config as Hydra composed it), by name; checkpoints carry them."""
+    return {path.name: path.read_text() for path in sorted((run_dir / ".hydra").glob("*.yaml"))}
+
+
+def check_resumable(state: dict[str, Any], current: dict[str, Any], run_dir: Path) -> None:
+    """Refuse to continue the run in ``run_dir`` (checkpoint ``state``) with another config. Hydra has
+    already rewritten the run's ``.hydra`` files for the refused command: the checkpoint's are put back."""
+    saved = state["config"]
     for key in sorted(set(saved) | set(current)):
         if not key.startswith(RESUMABLE_CHANGES) and saved.get(key) != current.get(key):
+            for name, text in state.get("hydra", {}).items():
+                (run_dir / ".hydra" / name).write_text(text)
             raise ConfigError(
                 f"{key}: is {current.get(key)!r} but the run in {run_dir} was started with "
                 f"{saved.get(key)!r}; use the same value or another output directory"
@@ -244,6 +253,7 @@ class Trainer:
         self.start, self.best, elapsed = 0, [-math.inf] * n_networks, 0.0
         if self.last_path.exists():
             elapsed = self._resume()
+        self.hydra = hydra_record(run_dir)  # read once the command is accepted: what the checkpoints carry
         purge = self.start + 1 if self.start else None  # keep the checkpointed step's own events
         self.monitors = [Monitor(path / "tensorboard", purge_step=purge) for path in self.dirs]
         self.began = time.perf_counter() - elapsed
@@ -256,7 +266,7 @@ class Trainer:
             state = load_checkpoint(self.last_path, self.device)
         except ValueError as err:
             raise TrainingError(str(err)) from None
-        check_resumable(state["config"], self.flat_config, self.run_dir)
+        check_resumable(state, self.flat_config, self.run_dir)
         for net, weights in zip(self.networks, state["models"], strict=True):
             net.load_state_dict(weights)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -381,6 +391,7 @@ class Trainer:
             "best": self.best,
             "elapsed": time.perf_counter() - self.began,
             "config": self.flat_config,
+            "hydra": self.hydra,
         })
 
     def _finish(self) -> dict[str, Any]:

@@ -277,7 +277,11 @@ def test_resume_with_changed_config_is_refused(tmp_path: Path) -> None:
     first = start(tmp_path, "run", "train.steps=20")
     assert first.wait(timeout=300) == 0
     (tmp_path / "run" / "metrics.json").unlink()  # as if it had been stopped before the end
+    record = {p.name: p.read_text() for p in (tmp_path / "run" / ".hydra").iterdir()}
+    assert "model.tau=200" not in record["overrides.yaml"]
     again = start(tmp_path, "run", "train.steps=20", "model.tau=200")
     _, err = again.communicate(timeout=300)
     assert again.returncode == 2 and "model.tau: is 200" in err and "Traceback" not in err
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 20
+    # Hydra wrote the refused command's config into .hydra before nn4n saw it: the run's own is back
+    assert {p.name: p.read_text() for p in (tmp_path / "run" / ".hydra").iterdir()} == record

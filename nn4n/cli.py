@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .config import ConfigError, one_line, register_schema
 from .sweep import finished_metrics, sweep_job
-from .train import TrainingError, resolve, train
+from .train import TrainingError, resolve, restore_hydra_record, train
 
 log = logging.getLogger("nn4n")
 _FULL_ERROR = "NN4N_FULL_ERROR"  # the user's own HYDRA_FULL_ERROR setting
@@ -69,19 +69,21 @@ def _main(cfg: DictConfig) -> float:
     except ConfigError as err:
         if not sweeping:  # a sweep keeps the job's directory: the summary lists it as failed
             _discard(run_dir)
-        _fail(err)
+        _fail(err, run_dir)
     try:
         metrics = done or train(config, run_dir)
     except (ConfigError, TrainingError) as err:
         log.error("%s", err)  # into the run's log file too
         if isinstance(err, ConfigError) and not sweeping:
             _discard(run_dir)  # e.g. a device this machine lacks: nothing was trained
-        _fail(err)
+        _fail(err, run_dir)
     return metrics.get("accuracy", metrics.get("mse", float("nan")))
 
 
-def _fail(err: ConfigError | TrainingError) -> NoReturn:
-    """A single run exits here with one line; in a sweep the error fails only this job."""
+def _fail(err: ConfigError | TrainingError, run_dir: Path) -> NoReturn:
+    """A single run exits here with one line; in a sweep the error fails only this job. A run that
+    was already in ``run_dir`` keeps its own ``.hydra`` record, which Hydra overwrote for this command."""
+    restore_hydra_record(run_dir)
     if HydraConfig.get().mode == RunMode.MULTIRUN or os.environ.get(_FULL_ERROR) == "1":
         raise err
     print(f"nn4n-train: error: {err}", file=sys.stderr)

@@ -91,7 +91,7 @@ def finished_metrics(run_dir: Path, config: Any) -> dict[str, float] | None:
     last = run_dir / "checkpoints" / "last.pt"
     if last.exists():
         try:
-            stored = load_checkpoint(last)
+            stored = load_checkpoint(last)["config"]
         except ValueError as err:
             raise ConfigError(str(err)) from None
         check_resumable(stored, flatten(dataclasses.asdict(config)), run_dir)

@@ -82,14 +82,23 @@ def hydra_record(run_dir: Path) -> dict[str, str]:
     return {path.name: path.read_text() for path in sorted((run_dir / ".hydra").glob("*.yaml"))}
 
 
-def check_resumable(state: dict[str, Any], current: dict[str, Any], run_dir: Path) -> None:
-    """Refuse to continue the run in ``run_dir`` (checkpoint ``state``) with another config. Hydra has
-    already rewritten the run's ``.hydra`` files for the refused command: the checkpoint's are put back."""
-    saved = state["config"]
+def restore_hydra_record(run_dir: Path) -> None:
+    """Put back the ``.hydra`` files of the run in ``run_dir``, as its last checkpoint carries them:
+    Hydra writes every command's config there first, also that of a command which then fails."""
+    last = run_dir / "checkpoints" / "last.pt"
+    if last.exists():
+        try:
+            record = load_checkpoint(last).get("hydra", {})
+        except ValueError:  # a checkpoint refused as unsafe: that error is the one reported
+            return
+        for name, text in record.items():
+            (run_dir / ".hydra" / name).write_text(text)
+
+
+def check_resumable(saved: dict[str, Any], current: dict[str, Any], run_dir: Path) -> None:
+    """Refuse to continue the run in ``run_dir`` (flattened config ``saved``) with another config."""
     for key in sorted(set(saved) | set(current)):
         if not key.startswith(RESUMABLE_CHANGES) and saved.get(key) != current.get(key):
-            for name, text in state.get("hydra", {}).items():
-                (run_dir / ".hydra" / name).write_text(text)
             raise ConfigError(
                 f"{key}: is {current.get(key)!r} but the run in {run_dir} was started with "
                 f"{saved.get(key)!r}; use the same value or another output directory"
@@ -266,7 +275,7 @@ class Trainer:
             state = load_checkpoint(self.last_path, self.device)
         except ValueError as err:
             raise TrainingError(str(err)) from None
-        check_resumable(state, self.flat_config, self.run_dir)
+        check_resumable(state["config"], self.flat_config, self.run_dir)
         for net, weights in zip(self.networks, state["models"], strict=True):
             net.load_state_dict(weights)
         self.optimizer.load_state_dict(state["optimizer"])

@@ -283,5 +283,10 @@ def test_resume_with_changed_config_is_refused(tmp_path: Path) -> None:
     _, err = again.communicate(timeout=300)
     assert again.returncode == 2 and "model.tau: is 200" in err and "Traceback" not in err
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 20
-    # Hydra wrote the refused command's config into .hydra before nn4n saw it: the run's own is back
+    # Hydra wrote the refused command's config into .hydra before nn4n saw it: the run's own is back,
+    # also after a command that fails on a bad value before any resume check
+    assert {p.name: p.read_text() for p in (tmp_path / "run" / ".hydra").iterdir()} == record
+    bad = start(tmp_path, "run", "train.steps=20", "train.lr=-1")
+    _, err = bad.communicate(timeout=300)
+    assert bad.returncode == 2 and err.startswith("nn4n-train: error: train.lr: must be > 0")
     assert {p.name: p.read_text() for p in (tmp_path / "run" / ".hydra").iterdir()} == record

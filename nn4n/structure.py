@@ -120,9 +120,10 @@ class NetworkConfig:
             value = getattr(self, key)
             setattr(self, key, value if isinstance(value, part) else _from_dict(part, value, f"{key}."))
         for key, item in _ITEMS.items():
-            _check(isinstance(getattr(self, key), Mapping), key, f"must be a mapping of names, got {getattr(self, key)!r}")
+            entries = getattr(self, key)
+            _check(isinstance(entries, Mapping), key, f"must be a mapping of names, got {entries!r}")
             setattr(self, key, {name: v if isinstance(v, item) else _from_dict(item, v or {}, f"{key}.{name}.")
-                                for name, v in getattr(self, key).items()})
+                                for name, v in entries.items()})
         _validate(self)
 
     @classmethod

@@ -64,4 +64,3 @@ def test_long_training_preset() -> None:
     train = compose_config(["train=long"]).train
     assert (train.lr, train.steps, train.schedule) == (0.003, 2000, "cosine")
     assert train.batch_size == compose_config([]).train.batch_size  # everything else from train/default
-

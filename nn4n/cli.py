@@ -61,6 +61,15 @@ def _discard(run_dir: Path) -> None:
 @sweep_job  # in a sweep: error.txt in a failed job's directory, for nn4n-sweep-summary
 def _main(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        return _run(cfg, run_dir)
+    except BaseException:  # a config error, a crash or Ctrl-C before training
+        restore_hydra_record(run_dir)  # a run already in run_dir keeps its record, which Hydra overwrote
+        raise
+
+
+def _run(cfg: DictConfig, run_dir: Path) -> float:
+    """Check the config, train in ``run_dir`` and return the sweep's objective."""
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         config = resolve(cfg)
@@ -69,21 +78,19 @@ def _main(cfg: DictConfig) -> float:
     except ConfigError as err:
         if not sweeping:  # a sweep keeps the job's directory: the summary lists it as failed
             _discard(run_dir)
-        _fail(err, run_dir)
+        _fail(err)
     try:
         metrics = done or train(config, run_dir)
     except (ConfigError, TrainingError) as err:
         log.error("%s", err)  # into the run's log file too
         if isinstance(err, ConfigError) and not sweeping:
             _discard(run_dir)  # e.g. a device this machine lacks: nothing was trained
-        _fail(err, run_dir)
+        _fail(err)
     return metrics.get("accuracy", metrics.get("mse", float("nan")))
 
 
-def _fail(err: ConfigError | TrainingError, run_dir: Path) -> NoReturn:
-    """A single run exits here with one line; in a sweep the error fails only this job. A run that
-    was already in ``run_dir`` keeps its own ``.hydra`` record, which Hydra overwrote for this command."""
-    restore_hydra_record(run_dir)
+def _fail(err: ConfigError | TrainingError) -> NoReturn:
+    """A single run exits here with one line; in a sweep the error fails only this job."""
     if HydraConfig.get().mode == RunMode.MULTIRUN or os.environ.get(_FULL_ERROR) == "1":
         raise err
     print(f"nn4n-train: error: {err}", file=sys.stderr)

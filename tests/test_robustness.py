@@ -142,6 +142,20 @@ def test_task_whose_code_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     assert err == "nn4n-train: error: task.name: FailingTask-v0 failed on its first trial: RuntimeError: no stimulus file"
 
 
+def test_crash_before_training_keeps_the_runs_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unexpected error (here out of memory) in a command given an existing run leaves its .hydra as it was."""
+    assert cli_in_process(["debug=fast", "train.steps=4", "hydra.run.dir=run"], monkeypatch, tmp_path) == 0
+    record = {p.name: p.read_text() for p in (tmp_path / "run" / ".hydra").iterdir()}
+
+    def out_of_memory(*args: object) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(cli, "train", out_of_memory)
+    with pytest.raises(MemoryError):
+        cli_in_process(["debug=fast", "train.steps=4", "train.eval_every=2", "hydra.run.dir=run"], monkeypatch, tmp_path)
+    assert {p.name: p.read_text() for p in (tmp_path / "run" / ".hydra").iterdir()} == record
+
+
 def test_table_is_big_enough() -> None:
     assert len([c for c in BAD_CONFIGS if c[1]]) >= 30
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from nn4n.checkpoint import MODEL_FORMAT, load_checkpoint, save_checkpoint
 from nn4n.engines import ENGINES
-from nn4n.model import TAU_MARGIN, CTRNN
+from nn4n.model import TAU_MARGIN, CTRNN, _linear
 from nn4n.structure import NetworkConfig
 from helpers import merge
 
@@ -251,6 +251,25 @@ def test_gradients_match_direct_float64_implementation(activation, dale, engine)
         # masked synapses get no gradient, so even an unconstrained optimizer cannot grow them
     for name, mask in (("w_rec", model.structure.rec_mask), ("w_in", model.structure.input_mask)):
         assert (leaves[name].grad[~torch.as_tensor(mask)] == 0).all()
+
+
+@pytest.mark.parametrize("n_in, n_out", [(3, 40), (1, 40), (6, 40), (40, 2), (40, 5)])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("stacked", [(), (3,)])
+def test_linear_gradients_match_autograd(n_in: int, n_out: int, bias: bool, stacked: tuple[int, ...]) -> None:
+    """Input and readout products (narrow side padded, bias gradient folded in) against ``F.linear``."""
+    gen = torch.Generator().manual_seed(n_in * n_out)
+    x, w = torch.randn(*stacked, 7, 5, n_in, generator=gen), torch.randn(*stacked, n_out, n_in, generator=gen)
+    b = torch.randn(*stacked, n_out, generator=gen) if bias else None
+    g = torch.randn(*stacked, 7, 5, n_out, generator=gen)
+    leaves = [t.requires_grad_() for t in (x, w, b) if t is not None]
+    ours = torch.autograd.grad((_linear(x, w, b) * g).sum(), leaves)
+    ref_out = torch.einsum("...mi,...oi->...mo", x.flatten(-3, -2), w).view(g.shape)
+    if b is not None:
+        ref_out = ref_out + b.unsqueeze(-2).unsqueeze(-2)
+    ref = torch.autograd.grad((ref_out * g).sum(), leaves)
+    for name, a, r in zip("xwb", ours, ref):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5, msg=name)
 
 
 def test_h0_argument_overrides_rest_state():

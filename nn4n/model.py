@@ -118,8 +118,9 @@ def _check_inputs(inputs: torch.Tensor, h0: torch.Tensor | None, w: Weights, n_f
     """One-line errors for inputs (and h0) that do not fit the network, before torch's own."""
     stacked = w.w_rec.dim() == 3
     shape = "(networks, batch, time, features)" if stacked else "(batch, time, features)"
-    if inputs.dim() != 3 + stacked or inputs.shape[-1] != n_features:
-        raise ValueError(f"inputs: must be {shape} with {n_features} features, got shape {tuple(inputs.shape)}")
+    if inputs.dim() != 3 + stacked or inputs.shape[-1] != n_features or inputs.shape[-2] == 0:
+        raise ValueError(f"inputs: must be {shape} with {n_features} features and at least one time step, "
+                         f"got shape {tuple(inputs.shape)}")
     if inputs.dtype != w.w_rec.dtype:
         raise ValueError(f"inputs: dtype {inputs.dtype} differs from the network's {w.w_rec.dtype}")
     want = (*inputs.shape[:-2], w.w_rec.shape[-1])

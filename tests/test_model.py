@@ -284,8 +284,9 @@ def test_h0_argument_overrides_rest_state():
 
 
 @pytest.mark.parametrize("inputs, h0, message", [
-    ((4, 9, 5), None, r"^inputs: must be \(batch, time, features\) with 3 features, got shape \(4, 9, 5\)$"),
-    ((9, 3), None, r"^inputs: must be \(batch, time, features\) with 3 features, got shape \(9, 3\)$"),
+    ((4, 9, 5), None, r"^inputs: must be \(batch, time, features\) with 3 features and at least one time step, got shape \(4, 9, 5\)$"),
+    ((9, 3), None, r"^inputs: must be .* got shape \(9, 3\)$"),
+    ((4, 0, 3), None, r"^inputs: must be .* at least one time step, got shape \(4, 0, 3\)$"),
     ((4, 9, 3), (3, 45), r"^h0: must have shape \(4, 45\) \(one state per trial\), got \(3, 45\)$"),
 ])
 def test_inputs_that_do_not_fit_are_named(inputs, h0, message):

@@ -50,7 +50,8 @@ class Monitor:
         self.writer.add_scalar("weights/spectral_radius", model.spectral_radius(), step)
 
     def histograms(self, step: int, model: CTRNN, activity: Activity, valid: torch.Tensor) -> None:
-        """Existing synapses of every (post, pre) block and of input/readout; per-neuron mean rates per area."""
+        """Existing synapses of every (post, pre) block and of input/readout; per-neuron mean rates per area,
+        and each area's taus where its neurons differ or learn them."""
         st = model.structure
         w = {k: v.cpu().numpy() for k, v in model.weights().items()}
         for to in st.area_names:
@@ -62,8 +63,11 @@ class Monitor:
         self.writer.add_histogram("w_in", w["w_in"][st.input_mask], step)
         self.writer.add_histogram("w_out", w["w_out"][st.readout_mask], step)
         mean = ((activity.rates * valid[..., None]).sum((0, 1)) / valid.sum().clamp_min(1)).detach().cpu().numpy()
+        tau = model.tau.detach().cpu().numpy()
         for area in st.area_names:
             self.writer.add_histogram(f"neuron_mean_rate/{area}", mean[st.indices(area)], step)
+            if model.config.learn_tau or np.ptp(tau[st.indices(area)]) > 0:
+                self.writer.add_histogram(f"tau/{area}", tau[st.indices(area)], step)
 
     def figures(self, step: int, record: Mapping[str, np.ndarray]) -> None:
         for name, fig in figures.all_figures(dict(record)).items():

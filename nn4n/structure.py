@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 ACTIVATIONS = ("relu", "tanh", "softplus", "sigmoid", "retanh")
 INIT_DISTRIBUTIONS = ("normal", "uniform", "gamma")
 PROJECTING = ("all", "excitatory")
+TAU_STREAM = 1  # the random stream, after the config's seed, that per-neuron taus are drawn from
 
 
 @dataclass
@@ -25,6 +26,7 @@ class Area:
     size: int = 64
     exc_frac: float | None = None
     tau: float | None = None
+    tau_range: list[float] | None = None
     noise: float | None = None
 
 
@@ -82,6 +84,8 @@ class NetworkConfig:
 
     Its parts (``density``, ``noise``, ``init``, ``plasticity``, each area and input group) may be
     given as their dataclasses or as plain dicts.
+    ``tau_range: [low, high]`` gives every neuron its own tau, drawn log-uniformly in that range (from
+    ``seed``); an area's own ``tau`` or ``tau_range`` overrides the network's ``tau`` and ``tau_range``.
     ``projections[to][from]`` overrides the default density of the (post=to, pre=from) block.
     ``dale`` makes every neuron excitatory or inhibitory (``exc_frac`` of each area excitatory);
     without it all neurons are unconstrained (sign 0).
@@ -92,6 +96,7 @@ class NetworkConfig:
     output_size: int = 1
     dt: float = 20.0
     tau: float = 100.0
+    tau_range: list[float] | None = None
     dale: bool = True
     exc_frac: float = 0.8
     density: Density = field(default_factory=Density)
@@ -174,6 +179,17 @@ def _fraction(value: Any, key: str) -> None:
     _check(_is_number(value) and 0.0 < value <= 1.0, key, f"must be in (0, 1], got {value!r}")
 
 
+def _time_constant(value: Any, dt: float, key: str) -> None:
+    _number(value, key)
+    _check(value >= dt, key, f"must be >= dt={dt} so that dt/tau <= 1, got {value!r}")
+
+
+def _time_range(value: Any, dt: float, key: str) -> None:
+    """``[low, high]`` with ``dt <= low <= high``."""
+    ok = isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2 and all(map(_is_number, value))
+    _check(ok and dt <= value[0] <= value[1], key, f"must be [low, high] with dt={dt} <= low <= high, got {value!r}")
+
+
 def _validate(cfg: NetworkConfig) -> None:
     """Check every value, naming the offending key; nothing is built from a bad config."""
     _check(isinstance(cfg.areas, Mapping) and len(cfg.areas) > 0, "areas", "at least one area is required")
@@ -184,16 +200,19 @@ def _validate(cfg: NetworkConfig) -> None:
 
     _number(cfg.dt, "dt")
     _check(cfg.dt > 0, "dt", f"must be > 0, got {cfg.dt!r}")
-    _number(cfg.tau, "tau")
-    _check(cfg.tau >= cfg.dt, "tau", f"must be >= dt={cfg.dt} so that dt/tau <= 1, got {cfg.tau!r}")
+    _time_constant(cfg.tau, cfg.dt, "tau")
+    if cfg.tau_range is not None:
+        _time_range(cfg.tau_range, cfg.dt, "tau_range")
     _unit(cfg.exc_frac, "exc_frac")
     for name, area in cfg.areas.items():
         _integer(area.size, f"areas.{name}.size")
         if area.exc_frac is not None:
             _unit(area.exc_frac, f"areas.{name}.exc_frac")
         if area.tau is not None:
-            _number(area.tau, f"areas.{name}.tau")
-            _check(area.tau >= cfg.dt, f"areas.{name}.tau", f"must be >= dt={cfg.dt} so that dt/tau <= 1, got {area.tau!r}")
+            _time_constant(area.tau, cfg.dt, f"areas.{name}.tau")
+        if area.tau_range is not None:
+            _check(area.tau is None, f"areas.{name}.tau_range", f"give tau or tau_range, not both (tau is {area.tau!r}: set it to null)")
+            _time_range(area.tau_range, cfg.dt, f"areas.{name}.tau_range")
         if area.noise is not None:
             _number(area.noise, f"areas.{name}.noise")
             _check(area.noise >= 0, f"areas.{name}.noise", f"must be >= 0, got {area.noise!r}")
@@ -255,6 +274,7 @@ class Structure:
         self.area_names = list(cfg.areas)
         self.area_slices: dict[str, slice] = {}
         signs, taus, noises, area_ids = [], [], [], []
+        tau_rng = np.random.default_rng([cfg.seed, TAU_STREAM])  # its own stream: masks do not depend on tau
         start = 0
         for i, (name, area) in enumerate(cfg.areas.items()):
             self.area_slices[name] = slice(start, start + area.size)
@@ -264,7 +284,7 @@ class Structure:
                 signs.append(np.r_[np.ones(n_exc), -np.ones(area.size - n_exc)])
             else:
                 signs.append(np.zeros(area.size))
-            taus.append(np.full(area.size, cfg.tau if area.tau is None else area.tau))
+            taus.append(self._area_tau(area, tau_rng))
             noises.append(np.full(area.size, cfg.noise.rec if area.noise is None else area.noise))
             area_ids.append(np.full(area.size, i))
         self.n_neurons = start
@@ -279,6 +299,14 @@ class Structure:
         self.rec_plasticity = self._rec_plasticity()
         self.input_plasticity = np.full(self.input_mask.shape, cfg.plasticity.input, np.float32)
         self.readout_plasticity = np.full(self.readout_mask.shape, cfg.plasticity.readout, np.float32)
+
+    def _area_tau(self, area: Area, rng: np.random.Generator) -> np.ndarray:
+        """The area's tau for each of its neurons: fixed, or drawn log-uniformly from a range."""
+        cfg = self.config
+        tau_range = area.tau_range or (cfg.tau_range if area.tau is None else None)
+        if tau_range is None:
+            return np.full(area.size, cfg.tau if area.tau is None else area.tau)
+        return np.exp(rng.uniform(np.log(tau_range[0]), np.log(tau_range[1]), area.size))
 
     @property
     def area(self) -> np.ndarray:
@@ -386,7 +414,7 @@ class Structure:
             role = [r for r, m in (("input", self.input_mask[idx].any()), ("readout", self.readout_mask[:, idx].any())) if m]
             lines.append(
                 f"  area {name:<10} {idx.size:>5} neurons  E {n_e:>4}  I {n_i:>4}  "
-                f"tau {self.tau[idx].mean():6.1f} ms  {' '.join(role)}"
+                f"tau {_span(self.tau[idx]):>6} ms  {' '.join(role)}"
             )
         lines.append("  projection (post <- pre)     asked  realized  synapses")
         for to in self.area_names:
@@ -397,3 +425,9 @@ class Structure:
                     f"{self.realized_density(to, pre):8.3f}  {n:>8}"
                 )
         return "\n".join(lines)
+
+
+def _span(values: np.ndarray) -> str:
+    """``100.0`` for equal values, ``52.3-480.1`` for a range."""
+    low, high = values.min(), values.max()
+    return f"{low:.1f}" if np.isclose(low, high) else f"{low:.1f}-{high:.1f}"

@@ -27,7 +27,7 @@ def nn4n_train(*overrides: str, cwd: Path, env: dict | None = None) -> subproces
 def debug_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One real debug run, from a working directory that is not the repository."""
     cwd = tmp_path_factory.mktemp("cwd")
-    run = nn4n_train("debug=fast", "arch=two_area", "seed=3", "hydra.run.dir=run", cwd=cwd)
+    run = nn4n_train("debug=fast", "arch=two_area", "seed=3", "model.areas.motor.tau_range=[40,400]", "hydra.run.dir=run", cwd=cwd)
     assert run.returncode == 0, run.stderr
     return cwd / "run"
 
@@ -51,6 +51,11 @@ def test_tensorboard_events(debug_run: Path) -> None:
     assert all(np.isfinite(e.value) and e.value > 0 for e in acc.Scalars("loss/task"))
     for tag in ["w_rec/motor<-sensory", "w_rec/sensory<-motor", "w_in", "w_out", "neuron_mean_rate/motor"]:
         assert tag in tags["histograms"], tag
+    arrays = np.load(debug_run / "activity.npz")
+    motor_tau = arrays["tau"][arrays["area"] == "motor"]
+    taus = acc.Histograms("tau/motor")[-1].histogram_value  # only where an area's neurons differ
+    assert (taus.min, taus.max, taus.num) == pytest.approx((motor_tau.min(), motor_tau.max(), motor_tau.size))
+    assert 40 <= motor_tau.min() < motor_tau.max() <= 400 and "tau/sensory" not in tags["histograms"]
     assert {"figures/activity", "figures/connectivity", "figures/pca", "figures/trial_io", "figures/psychometric"} <= set(tags["images"])
     metrics = json.loads((debug_run / "metrics.json").read_text())
     assert acc.Scalars("hparam/accuracy")[-1].value == pytest.approx(metrics["accuracy"])

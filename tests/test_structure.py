@@ -71,6 +71,23 @@ def test_per_area_overrides():
     assert (st.sign[st.indices("PPC")] > 0).sum() == 5
 
 
+def test_tau_per_neuron_from_a_range():
+    """Each neuron's tau log-uniform in the range, from the seed; masks are drawn as without it."""
+    st = build(tau_range=[30, 3000], areas={"V1": {"size": 400}, "PPC": {"tau": None, "tau_range": [60, 70]}})
+    v1, ppc = np.log(st.tau[st.indices("V1")]), st.tau[st.indices("PPC")]
+    assert v1.min() >= np.log(30) and v1.max() <= np.log(3000)
+    counts, _ = np.histogram(v1, bins=4, range=(np.log(30), np.log(3000)))  # 100 expected per bin
+    assert counts.min() > 70 and counts.max() < 130, counts
+    assert ppc.min() >= 60 and ppc.max() <= 70 and np.ptp(ppc) > 0  # the area's own range
+    np.testing.assert_array_equal(st.tau[st.indices("PFC")], 50.0)  # the area's own tau
+    again = build(tau_range=[30, 3000], areas={"V1": {"size": 400}, "PPC": {"tau": None, "tau_range": [60, 70]}})
+    np.testing.assert_array_equal(st.tau, again.tau)
+    assert not np.array_equal(st.tau, build(seed=1, tau_range=[30, 3000], areas={"V1": {"size": 400}}).tau)
+    fixed = build(areas={"V1": {"size": 400}})
+    np.testing.assert_array_equal(st.rec_mask, fixed.rec_mask)
+    assert re.search(r"area PPC .* tau 6\d\.\d-[67]\d\.\d ms", st.summary().splitlines()[3])
+
+
 @pytest.mark.parametrize("frac, n_exc", [(0.0, 0), (1.0, 10), (0.34, 3)])
 def test_exc_frac_extremes(frac, n_exc):
     st = Structure(NetworkConfig(areas={"A": Area(10, exc_frac=frac)}))
@@ -305,6 +322,11 @@ BAD = [
     # time constants and noise
     ({"tau": 10.0}, r"tau: must be >= dt=20\.0 so that dt/tau <= 1, got 10\.0"),
     ({"areas": {"V1": {"tau": 5}}}, r"areas\.V1\.tau: must be >= dt=20\.0 so that dt/tau <= 1"),
+    ({"tau_range": [10, 200]}, r"^tau_range: must be \[low, high\] with dt=20\.0 <= low <= high, got \[10, 200\]$"),
+    ({"areas": {"V1": {"tau_range": [300, 200]}}}, r"^areas\.V1\.tau_range: must be \[low, high\] with dt=20\.0 <= low"),
+    ({"areas": {"V1": {"tau_range": 100}}}, r"^areas\.V1\.tau_range: must be \[low, high\].*got 100$"),
+    ({"areas": {"V1": {"tau_range": [50, 100, 200]}}}, r"^areas\.V1\.tau_range: must be \[low, high\]"),
+    ({"areas": {"PFC": {"tau_range": [50, 100]}}}, r"^areas\.PFC\.tau_range: give tau or tau_range, not both \(tau is 50: set it to null\)$"),
     ({"dt": 0}, r"dt: must be > 0"),
     ({"dt": -5.0}, r"dt: must be > 0"),
     ({"tau": "100"}, r"tau: must be a number, got '100'"),
@@ -324,7 +346,7 @@ BAD = [
     ({"readout_from": "I"}, r"readout_from: must be one of all, excitatory"),
     # unknown keys, top level and nested
     ({"densty": {"within": 0.1}}, r"^densty: unknown key; allowed: areas, input_size"),
-    ({"areas": {"V1": {"siz": 10}}}, r"^areas\.V1\.siz: unknown key; allowed: size, exc_frac, tau, noise$"),
+    ({"areas": {"V1": {"siz": 10}}}, r"^areas\.V1\.siz: unknown key; allowed: size, exc_frac, tau, tau_range, noise$"),
     ({"density": {"withn": 0.1}}, r"^density\.withn: unknown key; allowed: within, between$"),
     ({"noise": {"recc": 0.1}}, r"^noise\.recc: unknown key; allowed: rec, input$"),
     ({"init": {"distt": "normal"}}, r"^init\.distt: unknown key"),

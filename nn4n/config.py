@@ -166,7 +166,9 @@ def one_line(err: OmegaConfBaseException) -> str:
                 "put it in a config file (a new set of areas: an arch file, with --config-dir)")
     if re.match(r"Key '.+' is not in struct", message) and key and isinstance(err.parent_node, DictConfig):
         entries = ", ".join(map(str, err.parent_node.keys())) or "no entries"
-        return f"{key}: unknown key; {key.rpartition('.')[0]} has {entries}"
+        open_dict = not is_dataclass(err.parent_node._metadata.element_type)  # e.g. task.timing, not model.areas
+        return f"{key}: unknown key; {key.rpartition('.')[0]} has {entries}" + (
+            " (to add an entry, put + before the override)" if open_dict else "")
     return f"{key}: {message}" if key else message
 
 

@@ -131,6 +131,28 @@ def _check_params(name: str, params: Mapping[str, Any]) -> None:
             raise ValueError(f"task.params: unknown parameter '{key}' for {name}; accepted: {', '.join(accepted)}")
 
 
+TIMING_DISTRIBUTIONS = ("uniform", "choice", "truncated_exponential", "constant", "until")  # NeuroGym's
+
+
+def _check_timing(period: str, value: Any) -> None:
+    """Raise unless ``value`` is a period duration NeuroGym samples: ms, ms to choose from, or [distribution, args]."""
+    def durations(v: Any) -> bool:  # a non-empty list of durations
+        return isinstance(v, list) and len(v) > 0 and all(map(duration, v))
+
+    def duration(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+
+    if isinstance(value, list) and len(value) == 2 and value[0] in TIMING_DISTRIBUTIONS:
+        ok = duration(value[1]) if value[0] in ("constant", "until") else durations(value[1])
+    else:
+        ok = duration(value) or durations(value)
+    if not ok:
+        raise ValueError(
+            f"task.timing.{period}: must be a duration in ms (>= 0), a list of durations to choose from, or "
+            f"[distribution, args] with distribution one of {', '.join(TIMING_DISTRIBUTIONS)}; got {value!r}"
+        )
+
+
 def _build(name: str, kwargs: dict[str, Any]) -> TrialEnv:
     try:
         with warnings.catch_warnings():  # gymnasium complains that NeuroGym's metadata lacks render_modes
@@ -163,12 +185,14 @@ def make_task(
     _check_params(name, params)
     env = _build(name, {**params, "dt": dt})
     if timing:
-        for period in timing:
+        timing = {k: _plain(v) for k, v in timing.items()}
+        for period, value in timing.items():
             if period not in env.timing:
                 raise ValueError(
                     f"task.timing: unknown period '{period}' for {name}; periods: {', '.join(env.timing)}"
                 )
-        env = _build(name, {**params, "dt": dt, "timing": {k: _plain(v) for k, v in timing.items()}})
+            _check_timing(period, value)
+        env = _build(name, {**params, "dt": dt, "timing": timing})
     return env
 
 

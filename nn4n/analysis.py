@@ -22,6 +22,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", network: int = 0) ->
     ``network`` picks one of a run's ``train.n_networks`` networks (0 for a one-network run).
     """
     run_dir = Path(run_dir)
+    if checkpoint not in ("best", "last"):
+        raise ValueError(f"checkpoint: must be 'best' or 'last', got {checkpoint!r}")
     if not (run_dir / ".hydra" / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir}: not an nn4n-train run directory (it has no .hydra/config.yaml)")
     cfg = resolve(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
@@ -43,6 +45,8 @@ def activity_from_run(
 
     Pass the result to :func:`nn4n.figures.all_figures` (or any single figure function).
     """
+    if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
+        raise ValueError(f"n_trials: must be an integer > 0, got {n_trials!r}")
     model, cfg = load_run(run_dir, checkpoint, network)
     held_out = sampler(cfg.task, n_trials, cfg.seed + EVAL_SEED_OFFSET)
     batch, kind = held_out.batch(0), held_out.spec.kind

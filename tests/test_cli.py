@@ -157,3 +157,16 @@ def test_load_run_names_a_directory_that_is_not_a_run(debug_run: Path) -> None:
 
     with pytest.raises(FileNotFoundError, match=r"checkpoints: not an nn4n-train run directory \(it has no .hydra/config.yaml\)$"):
         load_run(debug_run / "checkpoints")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"checkpoint": "lastt"}, r"^checkpoint: must be 'best' or 'last', got 'lastt'$"),
+    ({"n_trials": 0}, r"^n_trials: must be an integer > 0, got 0$"),
+    ({"n_trials": 2.5}, r"^n_trials: must be an integer > 0, got 2.5$"),
+    ({"network": 1}, r"^network: must be in \[0, 1\) for the run in .*, got 1$"),
+])
+def test_activity_from_run_names_a_bad_argument(debug_run: Path, kwargs: dict, message: str) -> None:
+    from nn4n.analysis import activity_from_run
+
+    with pytest.raises(ValueError, match=message):
+        activity_from_run(debug_run, **kwargs)

@@ -132,9 +132,13 @@ def test_every_figure_of_one_neuron_or_a_silent_network(act, case):
 
 
 def test_pca_without_condition(act):
-    ax = figures.pca_trajectories(act, color_by="missing").axes[0]
+    """A task without a ground truth (regression) is drawn in one colour; a condition asked for must exist."""
+    ax = figures.pca_trajectories({k: v for k, v in act.items() if k != "cond_ground_truth"}).axes[0]
     assert ax.get_legend() is None
     assert len({line.get_color() for line in ax.get_lines()}) == 1
+    conditions = ", ".join(k.removeprefix("cond_") for k in act if k.startswith("cond_"))
+    with pytest.raises(ValueError, match=f"^color_by: no condition 'missing' in this record; conditions: {conditions}$"):
+        figures.pca_trajectories(act, color_by="missing")
 
 
 def test_trial_io_classification(act):

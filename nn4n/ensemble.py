@@ -51,7 +51,7 @@ class Ensemble(nn.Module):
         self, inputs: torch.Tensor, noise: bool | None = None, return_preact: bool = False
     ) -> tuple[torch.Tensor, list[Activity]]:
         nets = list(self.networks)
-        if inputs.shape[0] != len(nets):
+        if inputs.dim() == 4 and inputs.shape[0] != len(nets):  # other shapes: run() names them
             raise ValueError(f"inputs: leading dimension {inputs.shape[0]} is not the number of networks {len(nets)}")
         if len(nets) == 1:  # exactly the plain network's computation (unbatched matrix products)
             outputs, activity = nets[0](inputs[0], noise=noise, return_preact=return_preact)

@@ -126,6 +126,8 @@ def _check_inputs(inputs: torch.Tensor, h0: torch.Tensor | None, w: Weights, n_f
     want = (*inputs.shape[:-2], w.w_rec.shape[-1])
     if h0 is not None and tuple(h0.shape) != want:
         raise ValueError(f"h0: must have shape {want} (one state per trial), got {tuple(h0.shape)}")
+    if h0 is not None and h0.dtype != w.w_rec.dtype:
+        raise ValueError(f"h0: dtype {h0.dtype} differs from the network's {w.w_rec.dtype}")
 
 
 def _per_neuron(x: torch.Tensor) -> torch.Tensor:
@@ -229,6 +231,11 @@ class CTRNN(nn.Module):
             self.w_rec = torch.as_tensor(w, dtype=torch.float32)
             self.w_in = torch.as_tensor(w_in * cfg.init.input_scale, dtype=torch.float32)
             self.w_out = torch.as_tensor(w_out * cfg.init.readout_scale / math.sqrt(n_read), dtype=torch.float32)
+
+    def extra_repr(self) -> str:
+        st, cfg = self.structure, self.config
+        areas = ", ".join(f"{name} {len(st.indices(name))}" for name in st.area_names)
+        return f"{st.n_neurons} neurons ({areas}), inputs={cfg.input_size}, outputs={cfg.output_size}, {cfg.activation}, engine={self.engine}"
 
     @property
     def tau(self) -> torch.Tensor:

@@ -78,6 +78,8 @@ def test_networks_have_their_own_seeds_masks_and_weights() -> None:
         assert torch.equal(a.w_rec, b.w_rec)
     with pytest.raises(ValueError, match="leading dimension 2"):
         ensemble(torch.zeros(2, 1, 5, 3))
+    with pytest.raises(ValueError, match=r"^inputs: must be \(networks, batch, time, features\) with 3 features"):
+        ensemble(torch.zeros(4, 5, 3))  # one network's shape
 
 
 def test_batch_splits_into_one_part_per_network() -> None:

@@ -297,6 +297,8 @@ def test_inputs_that_do_not_fit_are_named(inputs, h0, message):
 def test_inputs_of_another_dtype_are_named():
     with pytest.raises(ValueError, match=r"^inputs: dtype torch.float64 differs from the network's torch.float32$"):
         make()(torch.randn(2, 5, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"^h0: dtype torch.float64 differs from the network's torch.float32$"):
+        make()(torch.randn(2, 5, 3), h0=torch.zeros(2, 45, dtype=torch.float64))
 
 
 # ------------------------------------------------------------------------------ noise
@@ -636,3 +638,8 @@ def test_cuda_moves_everything_and_matches_cpu():
         model(x.cuda())[0].pow(2).mean().backward()
         opt.step()
     assert_constraints(model)
+
+
+def test_repr_names_areas_sizes_and_engine():
+    net = CTRNN({"areas": {"V1": {"size": 10}, "PFC": {"size": 5}}, "input_size": 2, "output_size": 1}, engine="fused")
+    assert "15 neurons (V1 10, PFC 5), inputs=2, outputs=1, relu, engine=fused" in repr(net).splitlines()[1]

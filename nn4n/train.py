@@ -152,8 +152,12 @@ def loader_workers(setting: str, device: torch.device) -> int:
         return int(setting)
     if device.type == "cpu":
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(8, cores - 1))
+    return max(1, min(8, _cores() - 1))
+
+
+def _cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _engine(name: str, device: torch.device) -> str:
@@ -236,6 +240,9 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: Path) -> None:
         torch.set_num_threads(cfg.train.threads)
+        if cfg.train.threads > _cores():
+            log.warning("train.threads=%d is more than the %d core(s) this process may use: the threads will "
+                        "wait on each other (see BENCHMARKS.md, Torch threads)", cfg.train.threads, _cores())
         if cfg.train.retain_freed_memory:
             retain_freed_memory()
         torch.set_float32_matmul_precision(cfg.train.matmul_precision)

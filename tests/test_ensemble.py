@@ -19,7 +19,7 @@ from nn4n.checkpoint import load_checkpoint, save_checkpoint
 from nn4n.config import ConfigError, register_schema
 from nn4n.engines import ENGINES
 from nn4n.ensemble import Ensemble, network_seed
-from nn4n.train import Trainer, TrainingError, resolve, sampler
+from nn4n.train import Trainer, TrainingError, _cores, resolve, sampler
 
 CONFIG = {
     "areas": {"A": {"size": 13, "tau": 60.0}, "B": {"size": 6, "exc_frac": 0.5}},
@@ -167,11 +167,18 @@ def test_checkpoint_of_an_unfused_optimizer_resumes(tmp_path: Path) -> None:
     assert resumed.start == 1 and all(group["fused"] for group in resumed.optimizer.param_groups)
 
 
-def test_trainer_sets_threads_and_matmul_precision(tmp_path: Path) -> None:
+def test_trainer_sets_threads_and_matmul_precision(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     before = torch.get_num_threads(), torch.get_float32_matmul_precision()
+    cores = _cores()
     try:
         trainer = Trainer(resolve_config(["train.threads=2", "train.matmul_precision=high"]), tmp_path)
         assert (torch.get_num_threads(), torch.get_float32_matmul_precision()) == (2, "high")
+        assert ("more than the" in caplog.text) == (cores < 2)
+        for monitor in trainer.monitors:
+            monitor.close()
+        caplog.clear()
+        trainer = Trainer(resolve_config([f"train.threads={cores + 1}"]), tmp_path / "more")
+        assert f"train.threads={cores + 1} is more than the {cores} core(s) this process may use" in caplog.text
         for monitor in trainer.monitors:
             monitor.close()
     finally:

@@ -170,3 +170,10 @@ def test_activity_from_run_names_a_bad_argument(debug_run: Path, kwargs: dict, m
 
     with pytest.raises(ValueError, match=message):
         activity_from_run(debug_run, **kwargs)
+
+
+def test_help_says_what_the_command_does(tmp_path: Path) -> None:
+    run = nn4n_train("--help", cwd=tmp_path)
+    assert run.returncode == 0 and run.stdout.startswith("nn4n-train: train a recurrent network")
+    assert "task: context_dm, delay_comparison" in run.stdout and "tau_range: null" in run.stdout
+    assert run.stdout.rstrip().endswith("--hydra-help for Hydra's own flags.") and not list(tmp_path.iterdir())

@@ -57,7 +57,9 @@ def load_nn4n_file(path: str | Path, fmt: str, map_location: str | torch.device 
     except FileNotFoundError:
         raise
     except Exception as err:  # torch raises UnpicklingError (and others) for unsafe, corrupt or foreign files
-        raise ValueError(f"{path}: refused to load: not a plain-tensor nn4n {what} ({type(err).__name__})") from None
+        why = "it holds objects that would run code" if "Unsupported global" in str(err) else (
+            "unreadable: truncated, corrupt or not written by torch.save")
+        raise ValueError(f"{path}: refused to load: not a plain-tensor nn4n {what}: {why} ({type(err).__name__})") from None
     found = state.get("format") if isinstance(state, dict) else None
     if found != fmt:
         other = f"; it is an nn4n {_KINDS[found][0]}, which {_KINDS[found][1]} reads" if found in _KINDS else ""

@@ -557,7 +557,7 @@ def test_load_refuses_pickled_objects_and_foreign_files(tmp_path):
     evil = tmp_path / "evil.pt"
     torch.save({"format": MODEL_FORMAT, "config": model.config.to_dict(), "state_dict": model.state_dict(),
                 "payload": _Payload()}, evil)
-    with pytest.raises(ValueError, match="evil.pt: refused to load: not a plain-tensor nn4n model file \\(UnpicklingError\\)"):
+    with pytest.raises(ValueError, match="evil.pt: refused to load: not a plain-tensor nn4n model file: it holds objects that would run code \\(UnpicklingError\\)$"):
         CTRNN.load(evil)
     assert _Payload.ran is False
     other = tmp_path / "other.pt"
@@ -566,8 +566,13 @@ def test_load_refuses_pickled_objects_and_foreign_files(tmp_path):
         CTRNN.load(other)
     text = tmp_path / "metrics.json"
     text.write_text("{}")
-    with pytest.raises(ValueError, match="metrics.json: refused to load: not a plain-tensor nn4n model file"):
+    with pytest.raises(ValueError, match="metrics.json: refused to load: not a plain-tensor nn4n model file: unreadable"):
         CTRNN.load(text)
+    truncated = tmp_path / "truncated.pt"
+    model.save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"truncated.pt: refused to load: .*: unreadable: truncated, corrupt or not written by torch.save \(\w+\)$"):
+        CTRNN.load(truncated)
 
 
 def test_load_says_what_another_nn4n_file_is(tmp_path):

@@ -17,9 +17,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import ConfigError, one_line, register_schema
+from .config import ConfigError, TrainingError, one_line, register_schema
 from .sweep import finished_metrics, sweep_job
-from .train import TrainingError, resolve, restore_hydra_record, train
 
 log = logging.getLogger("nn4n")
 _FULL_ERROR = "NN4N_FULL_ERROR"  # the user's own HYDRA_FULL_ERROR setting
@@ -60,6 +59,8 @@ def _discard(run_dir: Path) -> None:
 @hydra.main(version_base="1.3", config_path="pkg://nn4n_configs", config_name="config")
 @sweep_job  # in a sweep: error.txt in a failed job's directory, for nn4n-sweep-summary
 def _main(cfg: DictConfig) -> float:
+    from .train import restore_hydra_record  # torch and NeuroGym: imported once a job runs, not for --help
+
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         return _run(cfg, run_dir)
@@ -70,6 +71,8 @@ def _main(cfg: DictConfig) -> float:
 
 def _run(cfg: DictConfig, run_dir: Path) -> float:
     """Check the config, train in ``run_dir`` and return the sweep's objective."""
+    from .train import resolve, train
+
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         config = resolve(cfg)

@@ -1,4 +1,5 @@
-"""Schemas of a training run. Every composed YAML config is checked against them before anything runs.
+"""Schemas of a training run, and its two errors. Every composed YAML config is checked against the
+schemas before anything runs.
 
 The model schema is :class:`nn4n.structure.NetworkConfig` itself, so a network described in YAML and
 one built in Python go through the same checks.
@@ -23,6 +24,12 @@ MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_pr
 
 class ConfigError(ValueError):
     """A bad configuration value; the message is one line naming the key."""
+
+
+class TrainingError(RuntimeError):
+    """Training stopped (e.g. diverged); the message is one line, the last good checkpoint is kept."""
+
+    exit_code = 3
 
 
 def _check(ok: bool, key: str, message: str) -> None:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .allocator import retain_freed_memory
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import Config, ConfigError, TaskConfig, check_schema, to_config
+from .config import Config, ConfigError, TaskConfig, TrainingError, check_schema, to_config
 from .data import TrialBatch, TrialSampler, batch_stream
 from .engines import ENGINES, triton_runs_on
 from .ensemble import Ensemble
@@ -40,12 +40,6 @@ from .regularizers import regularization
 
 log = logging.getLogger("nn4n")
 EVAL_SEED_OFFSET = 2**31  # held-out trials come from a seed stream training never uses
-
-
-class TrainingError(RuntimeError):
-    """Training stopped (e.g. diverged); the message is one line, the last good checkpoint is kept."""
-
-    exit_code = 3
 
 
 class Interrupted(TrainingError):

@@ -177,3 +177,9 @@ def test_help_says_what_the_command_does(tmp_path: Path) -> None:
     assert run.returncode == 0 and run.stdout.startswith("nn4n-train: train a recurrent network")
     assert "task: context_dm, delay_comparison" in run.stdout and "tau_range: null" in run.stdout
     assert run.stdout.rstrip().endswith("--hydra-help for Hydra's own flags.") and not list(tmp_path.iterdir())
+
+
+def test_help_and_config_printing_do_not_load_torch() -> None:
+    """``--help``, ``--cfg`` and shell completion only compose configs: torch and NeuroGym load once a job runs."""
+    code = "import sys, nn4n.cli, nn4n.sweep; print(sorted({'torch', 'neurogym'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

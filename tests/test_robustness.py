@@ -156,7 +156,7 @@ def test_crash_before_training_keeps_the_runs_record(tmp_path: Path, monkeypatch
     def out_of_memory(*args: object) -> None:
         raise MemoryError
 
-    monkeypatch.setattr(cli, "train", out_of_memory)
+    monkeypatch.setattr("nn4n.train.train", out_of_memory)
     with pytest.raises(MemoryError):
         cli_in_process(["debug=fast", "train.steps=4", "train.eval_every=2", "hydra.run.dir=run"], monkeypatch, tmp_path)
     assert {p.name: p.read_text() for p in (tmp_path / "run" / ".hydra").iterdir()} == record

@@ -177,6 +177,7 @@ class CTRNN(nn.Module):
             hint = " (the triton engine needs the triton package)" if engine == "triton" else ""
             raise ValueError(f"engine: unknown engine {engine!r}; engines here: {', '.join(ENGINES)}{hint}")
         self.config, self.engine = config, engine
+        self._plasticity_of: dict[int, object] = {}  # id(optimizer) -> the apply_plasticity call in force
         self.structure = st = Structure(config)
         n = st.n_neurons
         self.register_buffer("sign", torch.as_tensor(st.sign, dtype=torch.float32))
@@ -266,6 +267,7 @@ class CTRNN(nn.Module):
 
         The step is rescaled after the optimizer has computed it (``new = old + p * (new - old)``),
         so the ratio holds for Adam, AdamW (decay included) and SGD alike, unlike scaling gradients.
+        Calling it again for the same optimizer replaces the earlier call (the scale is never applied twice).
         """
         scaled = {
             self.parametrizations[name].original: getattr(self, f"plasticity_{name}")
@@ -273,15 +275,16 @@ class CTRNN(nn.Module):
             if bool((getattr(self, f"plasticity_{name}") < 1).any())
         }
         before: dict[torch.Tensor, torch.Tensor] = {}
+        self._plasticity_of[id(optimizer)] = call = object()
 
         def save(*_: Any) -> None:
-            for p in scaled:
+            for p in scaled if self._plasticity_of.get(id(optimizer)) is call else ():
                 before[p] = p.detach().clone()
 
         def rescale(*_: Any) -> None:
             with torch.no_grad():
-                for p, plast in scaled.items():
-                    p.copy_(torch.lerp(before[p], p, plast))
+                for p, old in before.items():
+                    p.copy_(torch.lerp(old, p, scaled[p]))
             before.clear()
 
         return [optimizer.register_step_pre_hook(save), optimizer.register_step_post_hook(rescale)]

@@ -151,11 +151,12 @@ def test_plasticity_scales_updates_and_freezes(opt_name):
 def test_plasticity_one_changes_nothing_and_hooks_are_removable():
     x, y = torch.randn(4, 6, 4), torch.randn(4, 6, 3)
 
-    def run(plasticity: dict | None, hooks: bool, remove: bool = False) -> torch.Tensor:
+    def run(plasticity: dict | None, hooks: bool, remove: bool = False, calls: int = 1) -> torch.Tensor:
         model = make(TWO, plasticity=plasticity or {})
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
         if hooks:
-            handles = model.apply_plasticity(opt)
+            for _ in range(calls):
+                handles = model.apply_plasticity(opt)
             if remove:
                 for h in handles:
                     h.remove()
@@ -170,6 +171,10 @@ def test_plasticity_one_changes_nothing_and_hooks_are_removable():
     frozen = {"within": 0.0, "between": 0.0}
     assert torch.equal(run(frozen, hooks=True), make(TWO).weights()["w_rec"])
     assert torch.equal(run(frozen, hooks=True, remove=True), plain)  # hooks removed: plasticity off
+    slow = {"within": 0.3, "between": 0.3}
+    once = run(slow, hooks=True)
+    assert not torch.equal(once, plain) and not torch.equal(once, make(TWO).weights()["w_rec"])
+    assert torch.equal(run(slow, hooks=True, calls=2), once)  # a second call replaces the first: 0.3, not 0.09
 
 
 # ------------------------------------------------------------------------------ exact gradients

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 from omegaconf import OmegaConf
@@ -12,6 +13,7 @@ from .config import Config
 from .ensemble import network_seed
 from .evaluate import activity_record, evaluate
 from .model import CTRNN
+from .structure import select_neurons
 from .train import EVAL_SEED_OFFSET, network_dir, resolve, sampler
 
 
@@ -52,3 +54,9 @@ def activity_from_run(
     batch, kind = held_out.batch(0), held_out.spec.kind
     _, outputs, activity = evaluate(model, batch, kind)
     return activity_record(model, batch, outputs, activity, kind)
+
+
+def neurons(record: Mapping[str, np.ndarray], area: str | None = None, population: str | None = None) -> np.ndarray:
+    """Indices of an area's neurons (and of one population, 'E' or 'I') in an activity record
+    (``activity.npz`` or :func:`activity_from_run`): ``record["rates"][..., neurons(record, "PFC", "E")]``."""
+    return select_neurons(record["area"], record["sign"], area, population)

@@ -16,6 +16,7 @@ import numpy as np
 ACTIVATIONS = ("relu", "tanh", "softplus", "sigmoid", "retanh")
 INIT_DISTRIBUTIONS = ("normal", "uniform", "gamma")
 PROJECTING = ("all", "excitatory")
+POPULATIONS = {"E": 1, "excitatory": 1, "I": -1, "inhibitory": -1}  # population name -> neuron sign
 TAU_STREAM = 1  # the random stream, after the config's seed, that per-neuron taus are drawn from
 
 
@@ -316,17 +317,7 @@ class Structure:
     def indices(self, area: str | None = None, population: str | None = None) -> np.ndarray:
         """Neuron indices of an area (all areas if None) and population ('E' or 'excitatory', 'I' or
         'inhibitory', None for both)."""
-        keep = np.ones(self.n_neurons, bool)
-        if area is not None:
-            if area not in self.area_slices:
-                raise ValueError(f"area: unknown area {area!r}; areas: {', '.join(self.area_names)}")
-            keep &= self.area_id == self.area_names.index(area)
-        if population is not None:
-            signs = {"E": 1, "excitatory": 1, "I": -1, "inhibitory": -1}
-            if population not in signs:
-                raise ValueError(f"population: must be 'E', 'I', 'excitatory' or 'inhibitory', got {population!r}")
-            keep &= self.sign == signs[population]
-        return np.flatnonzero(keep)
+        return select_neurons(self.area, self.sign, area, population)
 
     def _block_density(self, to: str, pre: str) -> float:
         cfg = self.config
@@ -431,3 +422,19 @@ def _span(values: np.ndarray) -> str:
     """``100.0`` for equal values, ``52.3-480.1`` for a range."""
     low, high = values.min(), values.max()
     return f"{low:.1f}" if np.isclose(low, high) else f"{low:.1f}-{high:.1f}"
+
+
+def select_neurons(area_of: np.ndarray, sign: np.ndarray, area: str | None = None, population: str | None = None) -> np.ndarray:
+    """Indices of the neurons of ``area`` (all areas if None) and ``population`` ('E' or 'excitatory',
+    'I' or 'inhibitory', None for both), given every neuron's area name and sign (+1 E, -1 I)."""
+    keep = np.ones(len(sign), bool)
+    if area is not None:
+        names = list(dict.fromkeys(np.asarray(area_of).tolist()))  # declaration order: areas are contiguous
+        if area not in names:
+            raise ValueError(f"area: unknown area {area!r}; areas: {', '.join(names)}")
+        keep &= np.asarray(area_of) == area
+    if population is not None:
+        if population not in POPULATIONS:
+            raise ValueError(f"population: must be 'E', 'I', 'excitatory' or 'inhibitory', got {population!r}")
+        keep &= np.asarray(sign) == POPULATIONS[population]
+    return np.flatnonzero(keep)

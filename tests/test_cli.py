@@ -142,13 +142,18 @@ def test_default_network_learns(tmp_path: Path) -> None:
 def test_figures_from_a_run_in_python(debug_run: Path) -> None:
     """Notebook route: a run directory gives the model, its config, fresh activity and figures."""
     from nn4n import figures
-    from nn4n.analysis import activity_from_run, load_run
+    from nn4n.analysis import activity_from_run, load_run, neurons
 
     model, cfg = load_run(debug_run, "last")
     assert cfg.seed == 3 and list(model.config.areas) == ["sensory", "motor"]
     saved = np.load(debug_run / "activity.npz")
     record = activity_from_run(debug_run, n_trials=32, checkpoint="last")
     np.testing.assert_allclose(record["rates"], saved["rates"], rtol=1e-4, atol=1e-6)  # same held-out trials
+    for area, population in (("motor", "E"), ("sensory", "inhibitory"), ("motor", None), (None, "I")):
+        np.testing.assert_array_equal(neurons(saved, area, population), model.structure.indices(area, population))
+    assert (saved["sign"][neurons(saved, "motor", "E")] == 1).all() and (saved["area"][neurons(saved, "motor")] == "motor").all()
+    with pytest.raises(ValueError, match="^area: unknown area 'PFC'; areas: sensory, motor$"):
+        neurons(saved, "PFC")
     assert set(figures.all_figures(record)) == {"activity", "connectivity", "pca", "trial_io", "psychometric"}
 
 

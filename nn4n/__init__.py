@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 from .structure import Area, Density, Init, InputGroup, NetworkConfig, Noise, Plasticity, Structure
@@ -13,7 +14,10 @@ __all__ = ["CTRNN", "Activity", "Area", "Density", "Ensemble", "Init", "InputGro
 
 
 def __getattr__(name: str) -> Any:
-    """``nn4n.CTRNN`` and the other torch modules load torch on first use, so ``nn4n-train --help`` starts fast."""
+    """``nn4n.CTRNN`` and the other torch parts, and submodules (``nn4n.analysis``), load on first use,
+    so that ``nn4n-train --help`` starts without torch."""
     if name in _TORCH_PARTS:
         return getattr(importlib.import_module(f".{_TORCH_PARTS[name]}", __name__), name)
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'nn4n' has no attribute {name!r}")

@@ -186,5 +186,7 @@ def test_help_says_what_the_command_does(tmp_path: Path) -> None:
 
 def test_help_and_config_printing_do_not_load_torch() -> None:
     """``--help``, ``--cfg`` and shell completion only compose configs: torch and NeuroGym load once a job runs."""
-    code = "import sys, nn4n.cli, nn4n.sweep; print(sorted({'torch', 'neurogym'} & set(sys.modules)))"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    code = ("import sys, nn4n, nn4n.cli, nn4n.sweep; print(sorted({'torch', 'neurogym'} & set(sys.modules)));"
+            "print(list(nn4n.engines.ENGINES)[:2], nn4n.CTRNN.__name__)")  # submodules and classes load on use
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == ["[]", "['reference', 'fused'] CTRNN"]

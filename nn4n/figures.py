@@ -134,16 +134,16 @@ def connectivity_matrix(act: Activity) -> Figure:
 def pca_trajectories(act: Activity, color_by: str | None = None, max_trials: int = 64) -> Figure:
     """PC1–PC2 trajectories (PCA, eigendecomposition of the covariance over all valid steps of all trials) of up to ``max_trials`` trials,
     coloured by a condition (``cond_<color_by>``; by default the ground truth where the task has one); starts marked."""
+    conditions = [k.removeprefix("cond_") for k in act if k.startswith("cond_")]
+    if color_by is not None and color_by not in conditions:
+        raise ValueError(f"color_by: no condition {color_by!r} in this record; conditions: {', '.join(conditions) or 'none'}")
+    color_by = color_by or "ground_truth"
     rates, valid = np.asarray(act["rates"]), _valid(act)
     x = rates[valid]
     mean = x.mean(axis=0)
     eigval, eigvec = np.linalg.eigh(np.atleast_2d(np.cov(x, rowvar=False)))  # neurons x neurons: cheap for many steps
     eigval, vt = np.pad(eigval[::-1], (0, 1)), np.pad(eigvec[:, ::-1].T, ((0, 1), (0, 0)))  # a zero PC2 for one neuron
     var = eigval / eigval.sum() if eigval.sum() > 0 else eigval  # a silent network has no variance to share out
-    conditions = [k.removeprefix("cond_") for k in act if k.startswith("cond_")]
-    if color_by is not None and color_by not in conditions:
-        raise ValueError(f"color_by: no condition {color_by!r} in this record; conditions: {', '.join(conditions) or 'none'}")
-    color_by = color_by or "ground_truth"
     cond = act.get(f"cond_{color_by}")
     values = np.unique(cond) if cond is not None else np.array([None])
     n_val = len(values)

@@ -278,8 +278,8 @@ class CTRNN(nn.Module):
         self._plasticity_of[id(optimizer)] = call = object()
 
         def save(*_: Any) -> None:
-            for p in scaled if self._plasticity_of.get(id(optimizer)) is call else ():
-                before[p] = p.detach().clone()
+            if self._plasticity_of.get(id(optimizer)) is call:  # not replaced by a later call
+                before.update({p: p.detach().clone() for p in scaled})
 
         def rescale(*_: Any) -> None:
             with torch.no_grad():

@@ -65,9 +65,10 @@ class Monitor:
         mean = ((activity.rates * valid[..., None]).sum((0, 1)) / valid.sum().clamp_min(1)).detach().cpu().numpy()
         tau = model.tau.detach().cpu().numpy()
         for area in st.area_names:
-            self.writer.add_histogram(f"neuron_mean_rate/{area}", mean[st.indices(area)], step)
-            if model.config.learn_tau or np.ptp(tau[st.indices(area)]) > 0:
-                self.writer.add_histogram(f"tau/{area}", tau[st.indices(area)], step)
+            idx = st.indices(area)
+            self.writer.add_histogram(f"neuron_mean_rate/{area}", mean[idx], step)
+            if model.config.learn_tau or np.ptp(tau[idx]) > 0:
+                self.writer.add_histogram(f"tau/{area}", tau[idx], step)
 
     def figures(self, step: int, record: Mapping[str, np.ndarray]) -> None:
         for name, fig in figures.all_figures(dict(record)).items():

@@ -265,7 +265,7 @@ def _validate(cfg: NetworkConfig) -> None:
 class Structure:
     """Per-neuron identity and the connection masks of a :class:`NetworkConfig`.
 
-    Attributes (numpy): ``sign`` (+1 E, -1 I, 0 unconstrained), ``area_id``, ``tau`` (ms), ``noise``,
+    Attributes (numpy): ``sign`` (+1 E, -1 I, 0 unconstrained), ``area_id``, ``area`` (names), ``tau`` (ms), ``noise``,
     ``input_mask`` (N, n_in), ``rec_mask`` (N, N), ``readout_mask`` (n_out, N), and the matching
     ``*_plasticity`` arrays. Masks are drawn from ``config.seed``: the same config gives the same masks.
     """
@@ -293,6 +293,7 @@ class Structure:
         self.tau = np.concatenate(taus).astype(np.float32)
         self.noise = np.concatenate(noises).astype(np.float32)
         self.area_id = np.concatenate(area_ids)
+        self.area = np.array(self.area_names)[self.area_id]  # area name of every neuron
         rng = np.random.default_rng(cfg.seed)
         self.rec_mask, self.asked_density = self._recurrent_mask(rng)
         self.input_mask = self._input_mask(rng)
@@ -308,11 +309,6 @@ class Structure:
         if tau_range is None:
             return np.full(area.size, cfg.tau if area.tau is None else area.tau)
         return np.exp(rng.uniform(np.log(tau_range[0]), np.log(tau_range[1]), area.size))
-
-    @property
-    def area(self) -> np.ndarray:
-        """Area name of every neuron."""
-        return np.array(self.area_names)[self.area_id]
 
     def indices(self, area: str | None = None, population: str | None = None) -> np.ndarray:
         """Neuron indices of an area (all areas if None) and population ('E' or 'excitatory', 'I' or
@@ -429,10 +425,10 @@ def select_neurons(area_of: np.ndarray, sign: np.ndarray, area: str | None = Non
     'I' or 'inhibitory', None for both), given every neuron's area name and sign (+1 E, -1 I)."""
     keep = np.ones(len(sign), bool)
     if area is not None:
-        names = list(dict.fromkeys(np.asarray(area_of).tolist()))  # declaration order: areas are contiguous
-        if area not in names:
-            raise ValueError(f"area: unknown area {area!r}; areas: {', '.join(names)}")
         keep &= np.asarray(area_of) == area
+        if not keep.any():  # every area has neurons
+            names = dict.fromkeys(np.asarray(area_of).tolist())  # declaration order: areas are contiguous
+            raise ValueError(f"area: unknown area {area!r}; areas: {', '.join(names)}")
     if population is not None:
         if population not in POPULATIONS:
             raise ValueError(f"population: must be 'E', 'I', 'excitatory' or 'inhibitory', got {population!r}")

@@ -136,11 +136,11 @@ TIMING_DISTRIBUTIONS = ("uniform", "choice", "truncated_exponential", "constant"
 
 def _check_timing(period: str, value: Any) -> None:
     """Raise unless ``value`` is a period duration NeuroGym samples: ms, ms to choose from, or [distribution, args]."""
-    def durations(v: Any) -> bool:  # a non-empty list of durations
-        return isinstance(v, list) and len(v) > 0 and all(map(duration, v))
-
     def duration(v: Any) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+
+    def durations(v: Any) -> bool:  # a non-empty list of durations
+        return isinstance(v, list) and len(v) > 0 and all(map(duration, v))
 
     if isinstance(value, list) and len(value) == 2 and value[0] in TIMING_DISTRIBUTIONS:
         ok = duration(value[1]) if value[0] in ("constant", "until") else durations(value[1])

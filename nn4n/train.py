@@ -234,9 +234,9 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: Path) -> None:
         torch.set_num_threads(cfg.train.threads)
-        if cfg.train.threads > _cores():
+        if cfg.train.threads > (cores := _cores()):
             log.warning("train.threads=%d is more than the %d core(s) this process may use: the threads will "
-                        "wait on each other (see BENCHMARKS.md, Torch threads)", cfg.train.threads, _cores())
+                        "wait on each other (see BENCHMARKS.md, Torch threads)", cfg.train.threads, cores)
         if cfg.train.retain_freed_memory:
             retain_freed_memory()
         torch.set_float32_matmul_precision(cfg.train.matmul_precision)

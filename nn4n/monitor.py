@@ -77,13 +77,14 @@ class Monitor:
     def text(self, tag: str, text: str) -> None:
         self.writer.add_text(tag, text)
 
-    def hparams(self, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
-        """Write the HParams summary into this run (not a sub-run), so the sweep view finds it."""
+    def hparams(self, step: int, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        """Write the HParams summary into this run (not a sub-run), so the sweep view finds it; the
+        metrics at ``step``, the last one trained."""
         clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
         for summary in hparams(clean, {f"hparam/{k}": v for k, v in metrics.items()}):
             self.writer.file_writer.add_summary(summary)
         for key, value in metrics.items():
-            self.writer.add_scalar(f"hparam/{key}", value)
+            self.writer.add_scalar(f"hparam/{key}", value, step)
 
     def close(self) -> None:
         self.writer.close()

@@ -88,14 +88,15 @@ def finished_metrics(run_dir: Path, config: Any) -> dict[str, float] | None:
     from .config import ConfigError
     from .train import check_resumable, flatten
 
-    last = run_dir / "checkpoints" / "last.pt"
+    last, done = run_dir / "checkpoints" / "last.pt", run_dir / METRICS_FILE
     if last.exists():
         try:
-            stored = load_checkpoint(last)["config"]
+            state = load_checkpoint(last)
         except ValueError as err:
             raise ConfigError(str(err)) from None
-        check_resumable(stored, flatten(dataclasses.asdict(config)), run_dir)
-    done = run_dir / METRICS_FILE
+        check_resumable(state, flatten(dataclasses.asdict(config)), run_dir)
+        if state["step"] < config.train.steps:  # to be trained further
+            return None
     if not done.exists():
         return None
     metrics = json.loads(done.read_text())

@@ -50,7 +50,7 @@ class Interrupted(TrainingError):
         self.exit_code = 128 + signum
 
 
-# Settings that may differ when a run is resumed; everything else must match the checkpoint.
+# Settings that may differ when a run is resumed (and train.steps, see check_resumable); the rest must match.
 RESUMABLE_CHANGES = ("train.device", "train.engine", "train.matmul_precision", "train.threads",
                      "train.retain_freed_memory", "train.data_workers", "train.eval_every",
                      "train.checkpoint_every", "logging.")
@@ -89,14 +89,24 @@ def restore_hydra_record(run_dir: Path) -> None:
             (run_dir / ".hydra" / name).write_text(text)
 
 
-def check_resumable(saved: dict[str, Any], current: dict[str, Any], run_dir: Path) -> None:
-    """Refuse to continue the run in ``run_dir`` (flattened config ``saved``) with another config."""
+def check_resumable(state: dict[str, Any], current: dict[str, Any], run_dir: Path) -> None:
+    """Refuse to continue the run in ``run_dir`` (its checkpoint ``state``) with another config.
+
+    ``train.steps`` may change, to train longer or stop sooner, while the learning rate does not
+    depend on it (``train.schedule: none``) and it is not below the steps already trained.
+    """
+    saved, done = state["config"], state["step"]
     for key in sorted(set(saved) | set(current)):
-        if not key.startswith(RESUMABLE_CHANGES) and saved.get(key) != current.get(key):
-            raise ConfigError(
-                f"{key}: is {current.get(key)!r} but the run in {run_dir} was started with "
-                f"{saved.get(key)!r}; use the same value or another output directory"
-            )
+        if key.startswith(RESUMABLE_CHANGES) or saved.get(key) == current.get(key):
+            continue
+        was = f"the run in {run_dir} was started with {saved.get(key)!r}"
+        if key == "train.steps" and current[key] < done:
+            was = f"the run in {run_dir} has already trained {done} steps"
+        elif key == "train.steps" and saved["train.schedule"] == "none":
+            continue
+        elif key == "train.steps":
+            was += f" and its learning rate schedule ({saved['train.schedule']}) depends on it"
+        raise ConfigError(f"{key}: is {current.get(key)!r} but {was}; use the same value or another output directory")
 
 
 def check_disk_space(cfg: Config, run_dir: Path, n_neurons: int, n_steps: int) -> None:
@@ -276,7 +286,7 @@ class Trainer:
             state = load_checkpoint(self.last_path, self.device)
         except ValueError as err:
             raise TrainingError(str(err)) from None
-        check_resumable(state["config"], self.flat_config, self.run_dir)
+        check_resumable(state, self.flat_config, self.run_dir)
         for net, weights in zip(self.networks, state["models"], strict=True):
             net.load_state_dict(weights)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -285,6 +295,9 @@ class Trainer:
         self.schedule.load_state_dict(state["schedule"])
         set_rng_state(state["rng"])
         self.start, self.best = state["step"], list(state["best"])
+        if self.start < self.cfg.train.steps:  # a finished run trained further is no longer finished
+            for path in (self.run_dir, *self.dirs):
+                (path / "metrics.json").unlink(missing_ok=True)
         log.info("resuming from step %d of %s", self.start, self.last_path)
         return state["elapsed"]
 
@@ -422,7 +435,7 @@ class Trainer:
                 metrics["seed"] = net.config.seed
                 params = params | {"network": i, "network_seed": net.config.seed}
                 _write_json(self.dirs[i] / "metrics.json", metrics)
-            monitor.hparams(params, metrics)
+            monitor.hparams(cfg.train.steps, params, metrics)
             per_network.append(metrics)
         summary = per_network[0] if n_networks == 1 else _summary(per_network)
         _write_json(self.run_dir / "metrics.json", summary)

@@ -1,7 +1,9 @@
 """Runs that survive bad input, crashes, signals, divergence, bad directories and untrusted files."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,7 +19,7 @@ from nn4n import CTRNN, Area, NetworkConfig
 from nn4n import cli
 from nn4n.checkpoint import load_checkpoint
 from nn4n.config import ConfigError
-from nn4n.train import check_disk_space, resolve
+from nn4n.train import check_disk_space, check_resumable, resolve
 
 BAD_CONFIGS = [
     # types
@@ -264,6 +266,43 @@ def test_kill9_then_resume_is_bitwise_identical(tmp_path: Path) -> None:
     assert steps == list(range(10, 151, 10))  # no duplicates from the killed process
     values = [e.value for e in EventAccumulator(str(tmp_path / "straight" / "tensorboard")).Reload().Scalars("loss/task")]
     assert [e.value for e in acc.Scalars("loss/task")] == values
+
+
+@pytest.mark.slow
+def test_a_finished_run_trains_further_with_more_steps(tmp_path: Path) -> None:
+    straight, short = start(tmp_path, "straight"), start(tmp_path, "run", "train.steps=73")  # not a multiple of eval_every
+    assert straight.wait(timeout=600) == 0 and short.wait(timeout=600) == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 73
+    longer = start(tmp_path, "run")  # train.steps=150, as the straight run
+    _, err = longer.communicate(timeout=600)
+    assert longer.returncode == 0, err
+    assert "resuming from step 73" in (tmp_path / "run" / "nn4n.log").read_text()
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert b["step"] == 150 and all(torch.equal(t, b["models"][0][k]) for k, t in a["models"][0].items())
+    ran, extended = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("straight", "run"))
+    assert extended["steps"] == 150 and extended["accuracy"] == ran["accuracy"]
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    logged = {e.step: e.value for e in events.Scalars("loss/task")}  # every 10 steps, and the short run's last
+    assert sorted(logged) == sorted([*range(10, 151, 10), 73])
+    straight_events = EventAccumulator(str(tmp_path / "straight" / "tensorboard")).Reload()
+    assert {e.step: e.value for e in straight_events.Scalars("loss/task")} == {s: v for s, v in logged.items() if s != 73}
+    assert [(e.step, e.value) for e in events.Scalars("hparam/accuracy")][-1] == (150, pytest.approx(ran["accuracy"]))
+    fewer = start(tmp_path, "run", "train.steps=100")
+    _, err = fewer.communicate(timeout=300)
+    assert fewer.returncode == 2 and re.search(r"train.steps: is 100 but the run in \S*run has already trained 150 steps;", err)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == extended
+
+
+def test_steps_of_a_run_with_a_schedule_stay_fixed() -> None:
+    saved = {"train.steps": 2000, "train.schedule": "cosine", "train.lr": 1e-3}
+    with pytest.raises(ConfigError, match=r"^train.steps: is 4000 but the run in r was started with 2000 and its "
+                                          r"learning rate schedule \(cosine\) depends on it; use the same value"):
+        check_resumable({"config": saved, "step": 2000}, saved | {"train.steps": 4000}, Path("r"))
+    constant = saved | {"train.schedule": "none"}
+    check_resumable({"config": constant, "step": 500}, constant | {"train.steps": 1000}, Path("r"))  # stop sooner
+    with pytest.raises(ConfigError, match="train.lr: is 0.1 but the run in r was started with 0.001"):
+        check_resumable({"config": constant, "step": 500}, constant | {"train.steps": 4000, "train.lr": 0.1}, Path("r"))
 
 
 @pytest.mark.slow

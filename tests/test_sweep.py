@@ -158,6 +158,8 @@ def test_a_job_dir_of_another_config_is_not_reused(grid: Path) -> None:
         sweep.finished_metrics(job, other)
     threads = resolve(OmegaConf.merge(OmegaConf.load(job / ".hydra" / "config.yaml"), {"train": {"threads": 2}}))
     assert sweep.finished_metrics(job, threads) is not None  # how a job runs is not what it computes
+    longer = resolve(OmegaConf.merge(OmegaConf.load(job / ".hydra" / "config.yaml"), {"train": {"steps": 8}}))
+    assert sweep.finished_metrics(job, longer) is None  # trained further from its last checkpoint
 
 
 # ----------------------------------------------------------------------------- failures, Optuna

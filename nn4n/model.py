@@ -340,6 +340,12 @@ class CTRNN(nn.Module):
         return time_major(_linear(time_major(rates), w.w_out, w.b_out)), rates, preact
 
     # ----------------------------------------------------------------------------- files
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle (multiprocessing, ``torch.save(net)``) as config, engine, mode and tensors: a module with
+        parametrizations does not pickle otherwise."""
+        frozen = [name for name, p in self.named_parameters() if not p.requires_grad]
+        return _unpickle, (self.config.to_dict(), self.engine, self.training, frozen, self.state_dict())
+
     def save(self, path: str | Path) -> None:
         """Write config and weights to ``path`` (atomically: temporary file, then rename)."""
         path = Path(path)
@@ -354,3 +360,13 @@ class CTRNN(nn.Module):
         model = cls(NetworkConfig.from_dict(blob["config"]), engine=engine)
         model.load_state_dict(blob["state_dict"])
         return model.to(map_location)
+
+
+def _unpickle(config: dict[str, Any], engine: str, training: bool, frozen: list[str], state: dict[str, torch.Tensor]) -> CTRNN:
+    """The network :meth:`CTRNN.__reduce__` pickled, on the device and in the dtype it had."""
+    net = CTRNN(NetworkConfig.from_dict(config), engine)
+    like = state["parametrizations.w_rec.original"]
+    net.to(like.device, like.dtype).load_state_dict(state)
+    for name, p in net.named_parameters():
+        p.requires_grad_(name not in frozen)
+    return net.train(training)

@@ -557,6 +557,28 @@ def test_save_load_round_trip(tmp_path):
     assert not torch.equal(make(seed=5, learn_tau=True, learn_h0=True).eval()(x)[0], loaded(x)[0])
 
 
+def test_networks_pickle_for_multiprocessing_and_torch_save(tmp_path):
+    import pickle
+
+    from nn4n import Ensemble
+
+    model = make(learn_tau=True, learn_h0=True).double().eval()
+    model.parametrizations.w_out.original.requires_grad_(False)  # a frozen readout
+    with torch.no_grad():
+        model.parametrizations.w_rec.original.mul_(1.5)  # not a fresh init from the seed
+    copy = pickle.loads(pickle.dumps(model))
+    assert copy.config == model.config and copy.engine == model.engine and not copy.training
+    x = torch.randn(3, 8, 3, dtype=torch.float64)
+    assert torch.equal(copy(x)[0], model(x)[0]) and copy.w_rec.dtype == torch.float64
+    assert {n: p.requires_grad for n, p in copy.named_parameters()} == {n: p.requires_grad for n, p in model.named_parameters()}
+    assert not copy.parametrizations.w_out.original.requires_grad
+    torch.save(model, tmp_path / "whole.pt")
+    assert torch.equal(torch.load(tmp_path / "whole.pt", weights_only=False)(x)[0], model(x)[0])
+    ensemble = Ensemble(THREE, 2, engine="fused")
+    u = torch.randn(2, 3, 8, 3)
+    assert torch.equal(pickle.loads(pickle.dumps(ensemble))(u, noise=False)[0], ensemble(u, noise=False)[0])
+
+
 def test_load_refuses_pickled_objects_and_foreign_files(tmp_path):
     model = make()
     evil = tmp_path / "evil.pt"

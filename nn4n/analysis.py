@@ -27,6 +27,10 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", network: int = 0) ->
     if checkpoint not in ("best", "last"):
         raise ValueError(f"checkpoint: must be 'best' or 'last', got {checkpoint!r}")
     if not (run_dir / ".hydra" / "config.yaml").is_file():
+        run = run_dir.parent.parent
+        if run_dir.parent.name == "networks" and (run / ".hydra" / "config.yaml").is_file():
+            raise FileNotFoundError(f"{run_dir}: one network's results; its run is {run}: "
+                                    f"pass that directory and network={run_dir.name}")
         raise FileNotFoundError(f"{run_dir}: not an nn4n-train run directory (it has no .hydra/config.yaml)")
     cfg = resolve(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
     n_networks = cfg.train.n_networks

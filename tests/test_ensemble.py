@@ -223,6 +223,8 @@ def test_nn4n_train_writes_each_network(ensemble_run: Path) -> None:
         arrays = np.load(net_dir / "activity.npz")
         np.testing.assert_array_equal(arrays["w_rec"], last.w_rec.detach().numpy())
     assert not (ensemble_run / "tensorboard").exists() and not (ensemble_run / "activity.npz").exists()
+    with pytest.raises(FileNotFoundError, match=r"networks/2: one network's results; its run is .*: pass that directory and network=2$"):
+        load_run(ensemble_run / "networks" / "2")
 
 
 @pytest.mark.slow

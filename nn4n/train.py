@@ -274,7 +274,8 @@ class Trainer:
         if self.last_path.exists():
             elapsed = self._resume()
         self.hydra = hydra_record(run_dir)  # read once the command is accepted: what the checkpoints carry
-        purge = self.start + 1 if self.start else None  # keep the checkpointed step's own events
+        # resumed: keep the checkpointed step's own events; from scratch: hide all of an attempt killed before its first checkpoint
+        purge = self.start + 1 if self.start else 0
         self.monitors = [Monitor(path / "tensorboard", purge_step=purge) for path in self.dirs]
         self.began = time.perf_counter() - elapsed
         self.progress: tqdm | None = None

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator as PluginEventAccumulator
 
 from nn4n import CTRNN, Area, NetworkConfig
 from nn4n import cli
@@ -303,6 +304,28 @@ def test_steps_of_a_run_with_a_schedule_stay_fixed() -> None:
     check_resumable({"config": constant, "step": 500}, constant | {"train.steps": 1000}, Path("r"))  # stop sooner
     with pytest.raises(ConfigError, match="train.lr: is 0.1 but the run in r was started with 0.001"):
         check_resumable({"config": constant, "step": 500}, constant | {"train.steps": 4000, "train.lr": 0.1}, Path("r"))
+
+
+@pytest.mark.slow
+def test_a_run_killed_before_its_first_checkpoint_starts_over_cleanly(tmp_path: Path) -> None:
+    proc = start(tmp_path, "run", "train.steps=100000", "train.checkpoint_every=100000")
+    log = tmp_path / "run" / "nn4n.log"
+    deadline = time.time() + 300
+    while "step 30/" not in (log.read_text() if log.exists() else ""):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+    again = start(tmp_path, "run", "train.steps=20")
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    assert [e.step for e in events.Scalars("loss/task")] == [10, 20]  # none left of the killed attempt
+    # TensorBoard's own loader (the plain EventAccumulator does not purge text)
+    plugin_events = PluginEventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    assert [e.step for e in plugin_events.Tensors("config/text_summary")] == [0]
+    assert [e.step for e in plugin_events.Tensors("loss/task")] == [10, 20]
 
 
 @pytest.mark.slow

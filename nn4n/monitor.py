@@ -82,7 +82,7 @@ class Monitor:
         metrics at ``step``, the last one trained."""
         clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
         for summary in hparams(clean, {f"hparam/{k}": v for k, v in metrics.items()}):
-            self.writer.file_writer.add_summary(summary)
+            self.writer.file_writer.add_summary(summary, step)
         for key, value in metrics.items():
             self.writer.add_scalar(f"hparam/{key}", value, step)
 

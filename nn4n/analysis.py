@@ -55,9 +55,9 @@ def activity_from_run(
         raise ValueError(f"n_trials: must be an integer > 0, got {n_trials!r}")
     model, cfg = load_run(run_dir, checkpoint, network)
     held_out = sampler(cfg.task, n_trials, cfg.seed + EVAL_SEED_OFFSET)
-    batch, kind = held_out.batch(0), held_out.spec.kind
-    _, outputs, activity = evaluate(model, batch, kind)
-    return activity_record(model, batch, outputs, activity, kind)
+    batch = held_out.batch(0)
+    _, outputs, activity = evaluate(model, batch, held_out.spec.kind)
+    return activity_record(model, batch, outputs, activity, held_out.spec)
 
 
 def neurons(record: Mapping[str, np.ndarray], area: str | None = None, population: str | None = None) -> np.ndarray:

@@ -10,6 +10,7 @@ from .data import TrialBatch
 from .metrics import choices, decision_accuracy, decision_targets, explained_variance, masked_mse, task_loss
 from .ensemble import Ensemble
 from .model import CTRNN, Activity
+from .tasks import TaskSpec
 
 
 def scores(outputs: torch.Tensor, batch: TrialBatch, kind: str) -> dict[str, float]:
@@ -43,7 +44,7 @@ def evaluate_ensemble(ensemble: Ensemble, batch: TrialBatch, kind: str) -> list[
     return [(scores(out, batch, kind), out, act) for out, act in zip(outputs, activities)]
 
 
-def activity_record(model: CTRNN, batch: TrialBatch, outputs: torch.Tensor, activity: Activity, kind: str) -> dict[str, np.ndarray]:
+def activity_record(model: CTRNN, batch: TrialBatch, outputs: torch.Tensor, activity: Activity, spec: TaskSpec) -> dict[str, np.ndarray]:
     """Everything needed to study the network offline, as numpy arrays (see README for the keys)."""
     st = model.structure
     weights = {name: w.cpu().numpy() for name, w in model.weights().items()}
@@ -51,6 +52,8 @@ def activity_record(model: CTRNN, batch: TrialBatch, outputs: torch.Tensor, acti
         "rates": activity.rates.cpu().numpy(),
         "inputs": batch.inputs.cpu().numpy(),
         "outputs": outputs.cpu().numpy(),
+        "input_labels": np.array(spec.input_labels),
+        "output_labels": np.array(spec.output_labels),
         "targets": batch.targets.cpu().numpy(),
         "mask": batch.mask.cpu().numpy(),
         "lengths": batch.lengths.cpu().numpy(),
@@ -63,7 +66,7 @@ def activity_record(model: CTRNN, batch: TrialBatch, outputs: torch.Tensor, acti
         **{f"cond_{k}": v for k, v in batch.conditions.items()},
         **{f"epoch_{k}": v for k, v in batch.epochs.items()},
     }
-    if kind == "classification":
+    if spec.kind == "classification":
         record["choice"] = choices(outputs, batch).cpu().numpy()
         record["target_choice"] = decision_targets(batch).cpu().numpy()
     return record

@@ -172,6 +172,11 @@ def pca_trajectories(act: Activity, color_by: str | None = None, max_trials: int
     return fig
 
 
+def _labels(act: Activity, key: str, unnamed: str, n: int) -> list[str]:
+    """The task's channel names the record carries (``input_labels``, ``output_labels``), else ``<unnamed> k``."""
+    return [str(label) for label in act[key]] if key in act else [f"{unnamed} {k}" for k in range(n)]
+
+
 def trial_io(act: Activity, trial: int = 0) -> Figure:
     """Inputs, targets and outputs (softmax probabilities for classification) of one trial."""
     length, dt = _length(act, trial), _dt(act)
@@ -181,20 +186,20 @@ def trial_io(act: Activity, trial: int = 0) -> Figure:
     outputs = np.asarray(act["outputs"][trial, :length])
     fig = Figure(figsize=(8, 6), layout="constrained")
     ax_in, ax_tgt, ax_out = fig.subplots(3, 1, sharex=True)
-    for k in range(inputs.shape[-1]):
-        ax_in.plot(t, inputs[:, k], lw=1, label=f"in {k}")
+    for k, label in enumerate(_labels(act, "input_labels", "in", inputs.shape[-1])):
+        ax_in.plot(t, inputs[:, k], lw=1, label=label)
     if _is_classification(act):
         ax_tgt.step(t, targets, where="post", color="k")
         ax_tgt.set_ylabel("target class")
         probs = _softmax(outputs)
-        for k in range(probs.shape[-1]):
-            ax_out.plot(t, probs[:, k], lw=1.2, label=f"class {k}")
+        for k, label in enumerate(_labels(act, "output_labels", "class", probs.shape[-1])):
+            ax_out.plot(t, probs[:, k], lw=1.2, label=label)
         ax_out.set_ylabel("p(class)")
         ax_out.set_ylim(-0.05, 1.05)
     else:
-        for k in range(outputs.shape[-1]):
+        for k, label in enumerate(_labels(act, "output_labels", "out", outputs.shape[-1])):
             ax_tgt.plot(t, targets[:, k], lw=1, color=f"C{k}")
-            ax_out.plot(t, outputs[:, k], lw=1.2, color=f"C{k}", label=f"out {k}")
+            ax_out.plot(t, outputs[:, k], lw=1.2, color=f"C{k}", label=label)
             ax_out.plot(t, targets[:, k], lw=1, ls="--", color=f"C{k}")
         ax_tgt.set_ylabel("target")
         ax_out.set_ylabel("output (-- target)")

@@ -209,6 +209,25 @@ class TaskSpec:
     decision_period: str | None
     dt: float
 
+    @property
+    def input_labels(self) -> list[str]:
+        """One label per input channel: ``fixation``, ``stimulus 0``, ``stimulus 1``, ... (``in k`` where unnamed)."""
+        return _labels(self.input_names, self.n_inputs, "in")
+
+    @property
+    def output_labels(self) -> list[str]:
+        """One label per output channel (a class, for classification), as :attr:`input_labels`."""
+        return _labels(self.output_names, self.n_outputs, "class" if self.kind == "classification" else "out")
+
+
+def _labels(names: dict[str, list[int]], n: int, unnamed: str) -> list[str]:
+    labels = [f"{unnamed} {k}" for k in range(n)]
+    for name, channels in names.items():
+        for j, k in enumerate(channels):
+            if 0 <= k < n:
+                labels[k] = name if len(channels) == 1 else f"{name} {j}"
+    return labels
+
 
 def _names(space: gym.Space) -> dict[str, list[int]]:
     names = getattr(space, "name", None) or {}

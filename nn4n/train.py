@@ -256,7 +256,7 @@ class Trainer:
         self.cfg, self.run_dir, self.device = cfg, run_dir, _device(cfg.train.device)
         n_networks = cfg.train.n_networks
         self.train_data = sampler(cfg.task, n_networks * cfg.train.batch_size, cfg.seed)
-        self.kind = self.train_data.spec.kind
+        self.spec = self.train_data.spec
         self.held_out = sampler(cfg.task, cfg.train.eval_trials, cfg.seed + EVAL_SEED_OFFSET).batch(0).to(self.device)
         self.ensemble = Ensemble(cfg.model, n_networks, engine=_engine(cfg.train.engine, self.device)).to(self.device)
         self.networks = list(self.ensemble.networks)
@@ -312,7 +312,7 @@ class Trainer:
             log.info("network:\n%s", self.networks[0].structure.summary())
         workers = loader_workers(cfg.train.data_workers, self.device)
         log.info("task %s (%s), %d network(s), device %s, engine %s, %d loader worker(s)",
-                 cfg.task.name, self.kind, len(self.networks), self.device, self.ensemble.engine, workers)
+                 cfg.task.name, self.spec.kind, len(self.networks), self.device, self.ensemble.engine, workers)
         stream: Iterator = batch_stream(self.train_data, self.start, workers, pin_memory=self.device.type == "cuda")
         self.progress = _progress(cfg, self.start)
         with _deferred_signals() as received, contextlib.ExitStack() as stack:
@@ -340,7 +340,7 @@ class Trainer:
         valid = [part.mask > 0 for part in parts]
         outputs, activities = self.ensemble(batch.inputs.view(k, -1, *batch.inputs.shape[1:]))
         terms = [
-            {"task": task_loss(out, part, self.kind), **regularization(cfg.train.reg, net, act, ok)}
+            {"task": task_loss(out, part, self.spec.kind), **regularization(cfg.train.reg, net, act, ok)}
             for net, out, act, part, ok in zip(self.networks, outputs, activities, parts, valid)
         ]
         totals = torch.stack([sum(t.values()) for t in terms])  # type: ignore[misc]
@@ -391,7 +391,7 @@ class Trainer:
     def _evaluate(self, step: int) -> None:
         """Held-out metrics of every network; a network's best so far is saved as its ``best.pt``."""
         self._check_finite()
-        cfg, results = self.cfg, evaluate_ensemble(self.ensemble, self.held_out, self.kind)
+        cfg, results = self.cfg, evaluate_ensemble(self.ensemble, self.held_out, self.spec.kind)
         for i, (net, monitor, (metrics, outputs, activity)) in enumerate(zip(self.networks, self.monitors, results)):
             monitor.scalars(step, metrics, "eval/")
             score = metrics.get("accuracy", -metrics.get("mse", math.inf))
@@ -399,7 +399,7 @@ class Trainer:
                 self.best[i] = score
                 net.save(self.dirs[i] / "checkpoints" / "best.pt")
             if cfg.logging.figures_every and step % cfg.logging.figures_every == 0:
-                monitor.figures(step, activity_record(net, self.held_out, outputs, activity, self.kind))
+                monitor.figures(step, activity_record(net, self.held_out, outputs, activity, self.spec))
         mean = {key: float(np.mean([m[key] for m, _, _ in results])) for key in results[0][0]}
         message = "  ".join(f"{key} {value:.4f}" for key, value in mean.items())
         (self.progress.set_postfix_str(message) if self.progress else log.info("step %d eval: %s", step, message))
@@ -423,9 +423,9 @@ class Trainer:
         cfg, n_networks = self.cfg, len(self.networks)
         wall = round(time.perf_counter() - self.began, 2)
         per_network = []
-        results = evaluate_ensemble(self.ensemble, self.held_out, self.kind)
+        results = evaluate_ensemble(self.ensemble, self.held_out, self.spec.kind)
         for i, (net, monitor, (metrics, outputs, activity)) in enumerate(zip(self.networks, self.monitors, results)):
-            record = activity_record(net, self.held_out, outputs, activity, self.kind)
+            record = activity_record(net, self.held_out, outputs, activity, self.spec)
             if cfg.logging.save_activity:
                 save_activity(self.dirs[i] / "activity.npz", record)
             if cfg.logging.figures:

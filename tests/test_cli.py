@@ -155,6 +155,8 @@ def test_figures_from_a_run_in_python(debug_run: Path) -> None:
     with pytest.raises(ValueError, match="^area: unknown area 'PFC'; areas: sensory, motor$"):
         neurons(saved, "PFC")
     assert set(figures.all_figures(record)) == {"activity", "connectivity", "pca", "trial_io", "psychometric"}
+    assert list(saved["input_labels"]) == list(record["input_labels"]) == ["fixation", "stimulus 0", "stimulus 1"]
+    assert list(saved["output_labels"]) == ["fixation", "choice 0", "choice 1"]
 
 
 def test_load_run_names_a_directory_that_is_not_a_run(debug_run: Path) -> None:

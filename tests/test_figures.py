@@ -151,6 +151,11 @@ def test_trial_io_classification(act):
     np.testing.assert_allclose(ax_out.get_lines()[0].get_xdata(), np.arange(length) * 20.0)
     assert len(ax_in.get_lines()) == 3
     assert len(ax_out.patches) == 3  # one shaded span per epoch
+    assert [t.get_text() for t in ax_out.get_legend().get_texts()] == ["class 0", "class 1", "class 2"]
+    named = figures.trial_io(act | {"input_labels": np.array(["fixation", "stimulus 0", "stimulus 1"]),
+                                    "output_labels": np.array(["fixation", "choice 0", "choice 1"])})
+    assert [t.get_text() for t in named.axes[0].get_legend().get_texts()] == ["fixation", "stimulus 0", "stimulus 1"]
+    assert [t.get_text() for t in named.axes[2].get_legend().get_texts()] == ["fixation", "choice 0", "choice 1"]
 
 
 def test_trial_io_regression(regression):

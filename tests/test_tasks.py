@@ -107,7 +107,11 @@ def test_describe_regression_and_missing_decision_period():
     assert (spec.kind, spec.n_inputs, spec.n_outputs, spec.decision_period) == ("regression", 3, 2, None)
     assert spec.input_names == {"angular_velocity": [0], "heading": [1, 2]}
     assert describe(make_task("ReadySetGo-v0", dt=20), decision_period="production").decision_period == "production"
-    assert describe(make_task("ToneDetection-v0", dt=20), decision_period=None).input_names == {}
+    assert spec.input_labels == ["angular_velocity", "heading 0", "heading 1"] and spec.output_labels == ["cos", "sin"]
+    tone = describe(make_task("ToneDetection-v0", dt=20), decision_period=None)
+    assert tone.input_names == {} and tone.input_labels == ["in 0"]
+    pdm = describe(make_task("PerceptualDecisionMaking-v0", dt=20))
+    assert pdm.input_labels == ["fixation", "stimulus 0", "stimulus 1"] and pdm.output_labels == ["fixation", "choice 0", "choice 1"]
 
 
 def test_classification_needs_its_decision_period():

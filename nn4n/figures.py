@@ -11,6 +11,7 @@ from os import PathLike
 
 import matplotlib
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 Activity = dict[str, np.ndarray]
@@ -73,6 +74,13 @@ def _epochs(act: Activity, trial: int, length: int) -> list[tuple[str, int, int]
     return sorted(out, key=lambda e: e[1])
 
 
+def _name_epochs(ax: Axes, epochs: list[tuple[str, int, int]], dt: float) -> None:
+    """Each epoch's name above ``ax`` at its start, every other one higher: short epochs stay legible."""
+    for i, (name, start, _) in enumerate(epochs):
+        ax.annotate(name, (start * dt, 1.0), xycoords=ax.get_xaxis_transform(), xytext=(0, 2 + 9 * (i % 2)),
+                    textcoords="offset points", fontsize=8)
+
+
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
@@ -96,8 +104,7 @@ def activity_heatmap(act: Activity, trial: int = 0) -> Figure:
         ax.set_ylabel(f"{name}\nneuron (by peak)")
         for _, start, _ in epochs:
             ax.axvline(start * dt, color="w", lw=0.8, ls="--")
-    for ep, start, _ in epochs:
-        axes[0].text(start * dt, 1.02, ep, transform=axes[0].get_xaxis_transform(), fontsize=8)
+    _name_epochs(axes[0], epochs, dt)
     axes[-1].set_xlabel("time (ms)")
     fig.colorbar(im, ax=list(axes), label="rate")
     fig.suptitle(f"Activity, trial {trial}")
@@ -207,10 +214,11 @@ def trial_io(act: Activity, trial: int = 0) -> Figure:
     for ax in (ax_in, ax_out):
         if len(ax.get_lines()) <= 8:
             ax.legend(fontsize=7, loc="upper left")
-    for i, (name, start, end) in enumerate(_epochs(act, trial, length)):
+    epochs = _epochs(act, trial, length)
+    for i, (_, start, end) in enumerate(epochs):
         for ax in (ax_in, ax_tgt, ax_out):
             ax.axvspan(start * dt, end * dt, color=f"C{i}", alpha=0.08, lw=0)
-        ax_in.text(start * dt, 1.02, name, transform=ax_in.get_xaxis_transform(), fontsize=8)
+    _name_epochs(ax_in, epochs, dt)
     ax_out.set_xlabel("time (ms)")
     fig.suptitle(f"Trial {trial}")
     return fig

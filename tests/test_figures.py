@@ -85,6 +85,13 @@ def test_activity_heatmap(act):
         assert ax.get_xlim() == (0, length * 20.0)
     texts = {t.get_text() for t in panels[0].texts}
     assert {"fixation", "stimulus", "decision"} <= texts
+    start = act["epoch_fixation"][0, 1]
+    short = act | {"epoch_stimulus": act["epoch_stimulus"].copy(), "epoch_decision": act["epoch_decision"].copy()}
+    short["epoch_stimulus"][0], short["epoch_decision"][0, 0] = [start, start + 1], start + 1  # a one-step stimulus
+    for fig in (figures.activity_heatmap(short), figures.trial_io(short)):
+        fig.canvas.draw()
+        boxes = [t.get_window_extent() for t in fig.axes[0].texts]
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])  # names stay legible
 
 
 def test_connectivity_matrix(act):

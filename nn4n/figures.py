@@ -236,7 +236,8 @@ def _logistic_fit(x: np.ndarray, y: np.ndarray, ridge: float = 1e-3) -> np.ndarr
 
 
 def psychometric_curve(act: Activity, strength: str = "coh") -> Figure | None:
-    """Fraction of trials choosing 2 vs signed strength (negative when the correct choice is 1).
+    """Fraction of trials choosing class 2 vs signed strength (negative when the correct choice is class 1);
+    the axes name the classes by the record's ``output_labels``.
 
     The denominator is all trials at a level (no-choice trials count as not choosing 2).
     Returns None unless this is a 2-choice classification record with ``choice``,
@@ -260,8 +261,9 @@ def psychometric_curve(act: Activity, strength: str = "coh") -> Figure | None:
     ax.plot(xs, 1 / (1 + np.exp(-(bias + slope * xs / scale))), color="C0", label="logistic fit")
     ax.plot(levels, frac, "o", color="k", label="data")
     ax.set_ylim(-0.05, 1.05)
-    ax.set_xlabel(f"signed {strength} (− = correct choice 1, + = 2)")
-    ax.set_ylabel("fraction choosing 2")
+    one, two = _labels(act, "output_labels", "class", 3)[1:3]
+    ax.set_xlabel(f"signed {strength} (− = correct {one}, + = {two})")
+    ax.set_ylabel(f"fraction choosing {two}")
     ax.set_title(f"Psychometric curve (n={len(signed)} trials)")
     ax.legend(fontsize=8)
     return fig

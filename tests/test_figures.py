@@ -182,6 +182,9 @@ def test_psychometric_curve(act):
     np.testing.assert_allclose(data.get_ydata(), expected)
     fit = next(line for line in ax.get_lines() if line.get_label() == "logistic fit")
     assert np.all(np.diff(fit.get_ydata()) >= 0)  # choices of 2 rise with signed evidence
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("signed coh (− = correct class 1, + = class 2)", "fraction choosing class 2")
+    named = figures.psychometric_curve(act | {"output_labels": np.array(["fixation", "left", "right"])}).axes[0]
+    assert (named.get_xlabel(), named.get_ylabel()) == ("signed coh (− = correct left, + = right)", "fraction choosing right")
 
 
 def test_psychometric_not_applicable(act, regression):

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .devices import available_device
+
 FORMAT = "nn4n.checkpoint/2"
 MODEL_FORMAT = "nn4n.CTRNN/1"
 _KINDS = {FORMAT: ("training checkpoint", "nn4n.analysis.load_run(run_dir, checkpoint='last')"),
@@ -50,8 +52,10 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 def load_nn4n_file(path: str | Path, fmt: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a file of format ``fmt`` with ``weights_only=True``: a file that needs arbitrary code is refused,
-    and so is any other file, with a message that says what it is if it is another nn4n file."""
+    and so is any other file, with a message that says what it is if it is another nn4n file. Tensors go to
+    ``map_location`` (``auto``: CUDA where there is one), which must exist on this machine."""
     what = _KINDS[fmt][0]
+    map_location = available_device(map_location, "map_location")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:

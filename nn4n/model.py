@@ -23,6 +23,7 @@ from torch.nn.utils import parametrize
 from torch.utils.hooks import RemovableHandle
 
 from .checkpoint import MODEL_FORMAT, load_nn4n_file
+from .devices import available_device
 from .engines import ENGINES, _mm, time_major
 from .structure import NetworkConfig, Structure
 
@@ -355,11 +356,13 @@ class CTRNN(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu", engine: str = "reference") -> CTRNN:
-        """Rebuild a saved model; only tensors and plain values are read (``weights_only=True``)."""
-        blob = load_nn4n_file(path, MODEL_FORMAT, map_location)
+        """Rebuild a saved model on ``map_location`` (``auto``: CUDA where there is one); only tensors and
+        plain values are read (``weights_only=True``)."""
+        device = available_device(map_location, "map_location")
+        blob = load_nn4n_file(path, MODEL_FORMAT, device)
         model = cls(NetworkConfig.from_dict(blob["config"]), engine=engine)
         model.load_state_dict(blob["state_dict"])
-        return model.to(map_location)
+        return model.to(device)
 
 
 def _unpickle(config: dict[str, Any], engine: str, training: bool, frozen: list[str], state: dict[str, torch.Tensor]) -> CTRNN:

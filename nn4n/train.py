@@ -31,6 +31,7 @@ from .allocator import retain_freed_memory
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, ConfigError, TaskConfig, TrainingError, check_schema, to_config
 from .data import TrialBatch, TrialSampler, batch_stream
+from .devices import available_device
 from .engines import ENGINES, triton_runs_on
 from .ensemble import Ensemble
 from .evaluate import activity_record, evaluate_ensemble, save_activity
@@ -138,14 +139,10 @@ def resolve(raw: DictConfig | dict) -> Config:
 
 
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    count = {"cuda": torch.cuda.device_count(), "mps": int(torch.backends.mps.is_available()), "cpu": 1}[device.type]
-    if (device.index or 0) >= count:
-        what = f"{count} {device.type.upper()} device(s)" if count else f"{device.type.upper()} is not available"
-        raise ConfigError(f"train.device: {name!r} requested but {what}; use auto or cpu")
-    return device
+    try:
+        return available_device(name, "train.device")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def loader_workers(setting: str, device: torch.device) -> int:

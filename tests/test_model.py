@@ -614,6 +614,14 @@ def test_load_says_what_another_nn4n_file_is(tmp_path):
         load_checkpoint(model_file)
     with pytest.raises(FileNotFoundError):
         CTRNN.load(tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match=r"^map_location: 'gpu' is not a device \(cpu, cuda, cuda:N, mps or auto\)$"):
+        CTRNN.load(model_file, map_location="gpu")
+    missing = f"cuda:{torch.cuda.device_count()}"  # one more than this machine has
+    with pytest.raises(ValueError, match=f"^map_location: '{missing}' requested but .*; use auto or cpu$"):
+        CTRNN.load(model_file, map_location=missing)
+    with pytest.raises(ValueError, match=f"^map_location: '{missing}' requested"):
+        load_checkpoint(checkpoint, missing)
+    assert CTRNN.load(model_file, map_location="auto").w_rec.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # ------------------------------------------------------------------------------ dtype / device

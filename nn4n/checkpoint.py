@@ -58,7 +58,7 @@ def load_nn4n_file(path: str | Path, fmt: str, map_location: str | torch.device 
     map_location = available_device(map_location, "map_location")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
+    except OSError:  # missing, a directory, no permission: as the file system says
         raise
     except Exception as err:  # torch raises UnpicklingError (and others) for unsafe, corrupt or foreign files
         why = "it holds objects that would run code" if "Unsupported global" in str(err) else (

@@ -614,6 +614,8 @@ def test_load_says_what_another_nn4n_file_is(tmp_path):
         load_checkpoint(model_file)
     with pytest.raises(FileNotFoundError):
         CTRNN.load(tmp_path / "missing.pt")
+    with pytest.raises(IsADirectoryError):
+        CTRNN.load(tmp_path)
     with pytest.raises(ValueError, match=r"^map_location: 'gpu' is not a device \(cpu, cuda, cuda:N, mps or auto\)$"):
         CTRNN.load(model_file, map_location="gpu")
     missing = f"cuda:{torch.cuda.device_count()}"  # one more than this machine has

@@ -310,6 +310,7 @@ class Trainer:
         workers = loader_workers(cfg.train.data_workers, self.device)
         log.info("task %s (%s), %d network(s), device %s, engine %s, %d loader worker(s)",
                  cfg.task.name, self.spec.kind, len(self.networks), self.device, self.ensemble.engine, workers)
+        log.info("writing to %s (to watch: tensorboard --logdir %s)", self.run_dir, self.run_dir)
         stream: Iterator = batch_stream(self.train_data, self.start, workers, pin_memory=self.device.type == "cuda")
         self.progress = _progress(cfg, self.start)
         with _deferred_signals() as received, contextlib.ExitStack() as stack:
@@ -438,6 +439,7 @@ class Trainer:
         summary = per_network[0] if n_networks == 1 else _summary(per_network)
         _write_json(self.run_dir / "metrics.json", summary)
         log.info("done: %s", "  ".join(f"{k} {v}" for k, v in summary.items() if k != "networks"))
+        log.info("results in %s", self.run_dir)
         return summary
 
 

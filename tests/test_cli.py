@@ -38,7 +38,9 @@ def test_run_directory(debug_run: Path) -> None:
     assert {"last.pt", "best.pt"} <= {p.name for p in (debug_run / "checkpoints").iterdir()}
     metrics = json.loads((debug_run / "metrics.json").read_text())
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["steps"] == 20
-    assert "step 20 eval" in (debug_run / "nn4n.log").read_text()
+    log = (debug_run / "nn4n.log").read_text()
+    assert "step 20 eval" in log and f"writing to {debug_run.resolve()} (to watch: tensorboard --logdir" in log
+    assert log.rstrip().endswith(f"results in {debug_run.resolve()}")
 
 
 def test_tensorboard_events(debug_run: Path) -> None:

@@ -100,14 +100,17 @@ def check_resumable(state: dict[str, Any], current: dict[str, Any], run_dir: Pat
     for key in sorted(set(saved) | set(current)):
         if key.startswith(RESUMABLE_CHANGES) or saved.get(key) == current.get(key):
             continue
-        was = f"the run in {run_dir} was started with {saved.get(key)!r}"
+        was = f"the run in {run_dir} was started with {saved[key]!r}" if key in saved else f"the run in {run_dir} has no such key"
         if key == "train.steps" and current[key] < done:
             was = f"the run in {run_dir} has already trained {done} steps"
         elif key == "train.steps" and saved["train.schedule"] == "none":
             continue
         elif key == "train.steps":
             was += f" and its learning rate schedule ({saved['train.schedule']}) depends on it"
-        raise ConfigError(f"{key}: is {current.get(key)!r} but {was}; use the same value or another output directory")
+        now = f"is {current[key]!r}" if key in current else "is not set"
+        overrides = " ".join(OmegaConf.create(state.get("hydra", {}).get("overrides.yaml", "[]"))) or "none"
+        raise ConfigError(f"{key}: {now} but {was}; resume with the run's own overrides ({overrides}) "
+                          "or use another output directory")
 
 
 def check_disk_space(cfg: Config, run_dir: Path, n_neurons: int, n_steps: int) -> None:

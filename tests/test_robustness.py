@@ -298,11 +298,13 @@ def test_a_finished_run_trains_further_with_more_steps(tmp_path: Path) -> None:
 def test_steps_of_a_run_with_a_schedule_stay_fixed() -> None:
     saved = {"train.steps": 2000, "train.schedule": "cosine", "train.lr": 1e-3}
     with pytest.raises(ConfigError, match=r"^train.steps: is 4000 but the run in r was started with 2000 and its "
-                                          r"learning rate schedule \(cosine\) depends on it; use the same value"):
-        check_resumable({"config": saved, "step": 2000}, saved | {"train.steps": 4000}, Path("r"))
+                                          r"learning rate schedule \(cosine\) depends on it; resume with the run's own "
+                                          r"overrides \(train.schedule=cosine\) or use another output directory$"):
+        check_resumable({"config": saved, "step": 2000, "hydra": {"overrides.yaml": "- train.schedule=cosine\n"}},
+                        saved | {"train.steps": 4000}, Path("r"))
     constant = saved | {"train.schedule": "none"}
     check_resumable({"config": constant, "step": 500}, constant | {"train.steps": 1000}, Path("r"))  # stop sooner
-    with pytest.raises(ConfigError, match="train.lr: is 0.1 but the run in r was started with 0.001"):
+    with pytest.raises(ConfigError, match=r"train.lr: is 0.1 but the run in r was started with 0.001; resume with the run's own overrides \(none\)"):
         check_resumable({"config": constant, "step": 500}, constant | {"train.steps": 4000, "train.lr": 0.1}, Path("r"))
 
 
@@ -364,6 +366,7 @@ def test_resume_with_changed_config_is_refused(tmp_path: Path) -> None:
     again = start(tmp_path, "run", "train.steps=20", "model.tau=200")
     _, err = again.communicate(timeout=300)
     assert again.returncode == 2 and "model.tau: is 200" in err and "Traceback" not in err
+    assert f"resume with the run's own overrides ({' '.join([*TRAIN, 'train.steps=20'])})" in err
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 20
     # Hydra wrote the refused command's config into .hydra before nn4n saw it: the run's own is back,
     # also after a command that fails on a bad value before any resume check

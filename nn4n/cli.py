@@ -14,7 +14,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .config import ConfigError, TrainingError, one_line, register_schema
@@ -48,6 +48,28 @@ def _preflight(argv: list[str]) -> None:
             if fixed and not fixed.endswith("/") and "${" in value:
                 fixed = str(Path(fixed).parent)
             _check_writable(Path(fixed or "."), key)
+
+
+def _key(override: str) -> str:
+    return override.lstrip("+~").partition("=")[0]
+
+
+def _resumed(argv: list[str]) -> list[str]:
+    """``resume=RUN_DIR [key=value ...]``: the run's own overrides, then the given ones (which replace
+    theirs), into ``hydra.run.dir=RUN_DIR``; any other command line as it is."""
+    given = [arg for arg in argv if not arg.startswith("resume=")]
+    if len(given) == len(argv):
+        return argv
+    if len(argv) - len(given) > 1 or {"-m", "--multirun"} & set(argv) or "hydra.run.dir" in map(_key, given):
+        raise ConfigError("resume: give one run directory, for a single run, without hydra.run.dir (a sweep "
+                          "resumes by running its command again into the same hydra.sweep.dir)")
+    run_dir = Path(next(arg for arg in argv if arg.startswith("resume=")).partition("=")[2])
+    record = run_dir / ".hydra" / "overrides.yaml"
+    if not record.is_file():
+        raise ConfigError(f"resume: {run_dir} is not an nn4n-train run directory (it has no .hydra/overrides.yaml)")
+    replaced = set(map(_key, given))
+    own = [arg for arg in OmegaConf.to_container(OmegaConf.load(record)) or [] if _key(arg) not in replaced]
+    return [*own, *given, f"hydra.run.dir={run_dir}"]
 
 
 def _discard(run_dir: Path) -> None:
@@ -122,6 +144,7 @@ def main() -> None:
     os.environ[_FULL_ERROR] = "1" if user_setting == "1" else ""
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's errors reach this function instead of its report
     try:
+        sys.argv[1:] = _resumed(sys.argv[1:])
         _preflight(sys.argv[1:])
         _main()
     except (ConfigError, TrainingError, HydraException, OmegaConfBaseException) as err:

@@ -109,8 +109,8 @@ def check_resumable(state: dict[str, Any], current: dict[str, Any], run_dir: Pat
             was += f" and its learning rate schedule ({saved['train.schedule']}) depends on it"
         now = f"is {current[key]!r}" if key in current else "is not set"
         overrides = " ".join(OmegaConf.create(state.get("hydra", {}).get("overrides.yaml", "[]"))) or "none"
-        raise ConfigError(f"{key}: {now} but {was}; resume with the run's own overrides ({overrides}) "
-                          "or use another output directory")
+        raise ConfigError(f"{key}: {now} but {was}; resume with the run's own overrides ({overrides}; "
+                          f"nn4n-train resume={run_dir} gives them) or use another output directory")
 
 
 def check_disk_space(cfg: Config, run_dir: Path, n_neurons: int, n_steps: int) -> None:

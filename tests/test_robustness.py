@@ -295,16 +295,35 @@ def test_a_finished_run_trains_further_with_more_steps(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == extended
 
 
+@pytest.mark.slow
+def test_resume_takes_the_runs_own_overrides(tmp_path: Path) -> None:
+    first = start(tmp_path, "run", "train.steps=20", "arch=two_area", "model.areas.motor.tau_range=[40,400]")
+    assert first.wait(timeout=300) == 0
+    again = subprocess.run([sys.executable, "-m", "nn4n", "resume=run", "train.steps=30"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "resuming from step 20" in (tmp_path / "run" / "nn4n.log").read_text()
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 30
+    overrides = (tmp_path / "run" / ".hydra" / "overrides.yaml").read_text()
+    assert "arch=two_area" in overrides and "train.steps=30" in overrides and "train.steps=20" not in overrides
+    for argv, message in ((["resume=nowhere"], "resume: nowhere is not an nn4n-train run directory"),
+                          (["resume=run", "hydra.run.dir=other"], "resume: give one run directory, for a single run"),
+                          (["-m", "resume=run", "seed=1,2"], "resume: give one run directory, for a single run")):
+        bad = subprocess.run([sys.executable, "-m", "nn4n", *argv], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert bad.returncode == 2 and bad.stderr.startswith(f"nn4n-train: error: {message}"), bad.stderr
+    assert not (tmp_path / "other").exists() and not (tmp_path / "multirun").exists()
+
+
 def test_steps_of_a_run_with_a_schedule_stay_fixed() -> None:
     saved = {"train.steps": 2000, "train.schedule": "cosine", "train.lr": 1e-3}
     with pytest.raises(ConfigError, match=r"^train.steps: is 4000 but the run in r was started with 2000 and its "
                                           r"learning rate schedule \(cosine\) depends on it; resume with the run's own "
-                                          r"overrides \(train.schedule=cosine\) or use another output directory$"):
+                                          r"overrides \(train.schedule=cosine; nn4n-train resume=r gives them\) or use another output directory$"):
         check_resumable({"config": saved, "step": 2000, "hydra": {"overrides.yaml": "- train.schedule=cosine\n"}},
                         saved | {"train.steps": 4000}, Path("r"))
     constant = saved | {"train.schedule": "none"}
     check_resumable({"config": constant, "step": 500}, constant | {"train.steps": 1000}, Path("r"))  # stop sooner
-    with pytest.raises(ConfigError, match=r"train.lr: is 0.1 but the run in r was started with 0.001; resume with the run's own overrides \(none\)"):
+    with pytest.raises(ConfigError, match=r"train.lr: is 0.1 but the run in r was started with 0.001; resume with the run's own overrides \(none;"):
         check_resumable({"config": constant, "step": 500}, constant | {"train.steps": 4000, "train.lr": 0.1}, Path("r"))
 
 
@@ -366,7 +385,7 @@ def test_resume_with_changed_config_is_refused(tmp_path: Path) -> None:
     again = start(tmp_path, "run", "train.steps=20", "model.tau=200")
     _, err = again.communicate(timeout=300)
     assert again.returncode == 2 and "model.tau: is 200" in err and "Traceback" not in err
-    assert f"resume with the run's own overrides ({' '.join([*TRAIN, 'train.steps=20'])})" in err
+    assert f"resume with the run's own overrides ({' '.join([*TRAIN, 'train.steps=20'])}; nn4n-train resume=" in err
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 20
     # Hydra wrote the refused command's config into .hydra before nn4n saw it: the run's own is back,
     # also after a command that fails on a bad value before any resume check

@@ -158,6 +158,10 @@ class Config:
                        f"unknown area {area!r}; areas: {', '.join(self.model.areas)}")
 
 
+def _add_whole(area: str) -> str:
+    return f"to add an area, merge it in whole: '++model.areas={{{area}:{{size:64}}}}'"
+
+
 def one_line(err: OmegaConfBaseException) -> str:
     """OmegaConf's multi-line messages reduced to 'key: problem'."""
     message = str(err).splitlines()[0]
@@ -168,14 +172,13 @@ def one_line(err: OmegaConfBaseException) -> str:
     if match:
         return f"{key or match.group(1)}: unknown key"
     match = re.match(r"Invalid type assigned: dict is not a subclass of (\w+)", message)
-    if match:  # `+model.areas.V1.size=64`: OmegaConf cannot add an entry typed as a dataclass
-        return (f"{key}: a new {match.group(1)} cannot be added from the command line; "
-                "put it in a config file (a new set of areas: an arch file, with --config-dir)")
+    if match:  # `+model.areas.V1.size=64`: OmegaConf cannot add an entry typed as a dataclass key by key
+        return f"{key}: a new {match.group(1)} cannot be added key by key; {_add_whole(key)}"
     if re.match(r"Key '.+' is not in struct", message) and key and isinstance(err.parent_node, DictConfig):
         entries = ", ".join(map(str, err.parent_node.keys())) or "no entries"
-        open_dict = not is_dataclass(err.parent_node._metadata.element_type)  # e.g. task.timing, not model.areas
-        return f"{key}: unknown key; {key.rpartition('.')[0]} has {entries}" + (
-            " (to add an entry, put + before the override)" if open_dict else "")
+        typed = is_dataclass(err.parent_node._metadata.element_type)  # model.areas, not task.timing
+        hint = _add_whole(key.rpartition(".")[2]) if typed else "to add an entry, put + before the override"
+        return f"{key}: unknown key; {key.rpartition('.')[0]} has {entries} ({hint})"
     return f"{key}: {message}" if key else message
 
 

@@ -55,6 +55,17 @@ def test_every_experiment(experiment: str) -> None:
     assert cfg.name == experiment and len(cfg.model.areas) > 1
 
 
+def test_an_area_added_from_the_command_line() -> None:
+    cfg = compose_config(["++model.areas={V1:{size:16,tau:50}}", "+model.projections.V1.hidden=0.2", "model.readout_areas=[V1]"])
+    net = CTRNN(cfg.model)
+    assert list(net.structure.area_names) == ["hidden", "V1"] and net.structure.indices("V1").size == 16
+    assert (net.tau[net.structure.indices("V1")] == 50).all() and net.structure.readout_mask[:, :128].sum() == 0
+    st = net.structure
+    v1_from = st.rec_mask[st.indices("V1")]  # V1 <- hidden: long-range synapses come from E neurons only
+    assert v1_from[:, st.indices("hidden", "E")].mean() == pytest.approx(0.2, abs=0.03)
+    assert not v1_from[:, st.indices("hidden", "I")].any()
+
+
 @pytest.mark.parametrize("logging", options("logging"))
 def test_logging_presets(logging: str) -> None:
     assert compose_config([f"logging={logging}"]).logging.scalars_every > 0

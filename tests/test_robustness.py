@@ -60,8 +60,10 @@ BAD_CONFIGS = [
     ("+train.reg.weight_l1.w_hidden=0.1", "train.reg.weight_l1.w_hidden"),
     ("+train.lr_decay=0.5", "train.lr_decay: unknown key"),  # + adds keys, but not ones the schema lacks
     ("+model.areas.hidden.taus=100", "model.areas.hidden.taus: unknown key"),
-    ("model.areas.V1.size=64", "model.areas.V1: unknown key; model.areas has hidden"),
-    ("+model.areas.V1.size=64", "V1: a new Area cannot be added from the command line"),
+    ("model.areas.V1.size=64", "model.areas.V1: unknown key; model.areas has hidden (to add an area, merge it in whole: '++model.areas={V1:{size:64}}')"),
+    ("+model.areas.V1.size=64", "V1: a new Area cannot be added key by key; to add an area, merge it in whole"),
+    ("++model.areas={V1:{size:big}}", "model.areas.V1.size: Value 'big' of type 'str' could not be converted to Integer"),
+    ("++model.areas={V1:{sise:64}}", "model.areas.V1.sise: unknown key"),
     ("+model._target_=os.system", "model._target_"),
     ("+task.timing.wait=100", "task.timing"),
     ("task.timing.fixation=100", "task.timing.fixation: unknown key; task.timing has no entries (to add an entry, put + before"),

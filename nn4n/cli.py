@@ -55,21 +55,27 @@ def _key(override: str) -> str:
 
 
 def _resumed(argv: list[str]) -> list[str]:
-    """``resume=RUN_DIR [key=value ...]``: the run's own overrides, then the given ones (which replace
-    theirs), into ``hydra.run.dir=RUN_DIR``; any other command line as it is."""
-    given = [arg for arg in argv if not arg.startswith("resume=")]
-    if len(given) == len(argv):
+    """``resume=RUN_DIR [key=value ...]``: in its place the run's own overrides (those not given again) and
+    ``hydra.run.dir=RUN_DIR``, and the run's ``--config-dir`` first; any other command line as it is."""
+    at = [i for i, arg in enumerate(argv) if arg.startswith("resume=")]
+    if not at:
         return argv
-    if len(argv) - len(given) > 1 or {"-m", "--multirun"} & set(argv) or "hydra.run.dir" in map(_key, given):
+    given = argv[: at[0]] + argv[at[0] + 1:]
+    if len(at) > 1 or {"-m", "--multirun"} & set(argv) or "hydra.run.dir" in map(_key, given):
         raise ConfigError("resume: give one run directory, for a single run, without hydra.run.dir (a sweep "
                           "resumes by running its command again into the same hydra.sweep.dir)")
-    run_dir = Path(next(arg for arg in argv if arg.startswith("resume=")).partition("=")[2])
+    run_dir = Path(argv[at[0]].partition("=")[2])
     record = run_dir / ".hydra" / "overrides.yaml"
     if not record.is_file():
         raise ConfigError(f"resume: {run_dir} is not an nn4n-train run directory (it has no .hydra/overrides.yaml)")
     replaced = set(map(_key, given))
     own = [arg for arg in OmegaConf.to_container(OmegaConf.load(record)) or [] if _key(arg) not in replaced]
-    return [*own, *given, f"hydra.run.dir={run_dir}"]
+    folder = []
+    if not {"--config-dir", "-cd"} & {arg.partition("=")[0] for arg in given}:  # the run's own config folder
+        sources = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime.config_sources
+        folder = [f"--config-dir={s.path}" for s in sources if s.provider == "command-line" and s.schema == "file"]
+    # in resume='s place: Hydra's parser wants the overrides in one run, between its flags
+    return [*folder, *argv[: at[0]], *own, f"hydra.run.dir={run_dir}", *argv[at[0] + 1:]]
 
 
 def _discard(run_dir: Path) -> None:

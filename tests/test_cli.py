@@ -194,3 +194,19 @@ def test_help_and_config_printing_do_not_load_torch() -> None:
             "print(list(nn4n.engines.ENGINES)[:2], nn4n.CTRNN.__name__)")  # submodules and classes load on use
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
     assert out == ["[]", "['reference', 'fused'] CTRNN"]
+
+
+def test_resume_puts_the_runs_own_command_line_in_its_place(tmp_path: Path) -> None:
+    from nn4n.cli import _resumed
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- arch=mine\n- seed=3\n- train.steps=100\n")
+    sources = [{"path": "nn4n_configs", "schema": "pkg", "provider": "main"},
+               {"path": "/my/configs", "schema": "file", "provider": "command-line"}]
+    (run / ".hydra" / "hydra.yaml").write_text(json.dumps({"hydra": {"runtime": {"config_sources": sources}}}))
+    assert _resumed(["--cfg", "job", f"resume={run}", "train.steps=200"]) == [
+        "--config-dir=/my/configs", "--cfg", "job", "arch=mine", "seed=3", f"hydra.run.dir={run}", "train.steps=200"]
+    assert _resumed([f"resume={run}", "-cd", "/other"]) == [
+        "arch=mine", "seed=3", "train.steps=100", f"hydra.run.dir={run}", "-cd", "/other"]
+    assert _resumed(["seed=1"]) == ["seed=1"]

@@ -70,9 +70,9 @@ def _resumed(argv: list[str]) -> list[str]:
         raise ConfigError(f"resume: {run_dir} is not an nn4n-train run directory (it has no .hydra/overrides.yaml)")
     replaced = set(map(_key, given))
     own = [arg for arg in OmegaConf.to_container(OmegaConf.load(record)) or [] if _key(arg) not in replaced]
-    folder = []
-    if not {"--config-dir", "-cd"} & {arg.partition("=")[0] for arg in given}:  # the run's own config folder
-        sources = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime.config_sources
+    folder, hydra_record = [], run_dir / ".hydra" / "hydra.yaml"
+    if hydra_record.is_file() and not {"--config-dir", "-cd"} & {arg.partition("=")[0] for arg in given}:
+        sources = OmegaConf.load(hydra_record).hydra.runtime.config_sources  # the run's own config folder
         folder = [f"--config-dir={s.path}" for s in sources if s.provider == "command-line" and s.schema == "file"]
     # in resume='s place: Hydra's parser wants the overrides in one run, between its flags
     return [*folder, *argv[: at[0]], *own, f"hydra.run.dir={run_dir}", *argv[at[0] + 1:]]

@@ -242,7 +242,8 @@ def _validate(cfg: NetworkConfig) -> None:
     _fraction(cfg.input_frac, "input_frac")
     _fraction(cfg.readout_frac, "readout_frac")
     _check(cfg.long_range in PROJECTING, "long_range", f"must be one of {', '.join(PROJECTING)}, got {cfg.long_range!r}")
-    _check(cfg.dale or cfg.long_range == "all", "long_range", "'excitatory' needs dale: true (without it no neuron is excitatory)")
+    _check(cfg.dale or cfg.long_range == "all", "long_range",
+           "'excitatory' needs dale: true (without it no neuron is excitatory); with dale: false set long_range: all")
     _check(cfg.readout_from in PROJECTING, "readout_from", f"must be one of {', '.join(PROJECTING)}, got {cfg.readout_from!r}")
     _check(cfg.activation in ACTIVATIONS, "activation", f"must be one of {', '.join(ACTIVATIONS)}, got {cfg.activation!r}")
     for key in ("rec", "input"):

@@ -242,9 +242,10 @@ def _validate(cfg: NetworkConfig) -> None:
     _fraction(cfg.input_frac, "input_frac")
     _fraction(cfg.readout_frac, "readout_frac")
     _check(cfg.long_range in PROJECTING, "long_range", f"must be one of {', '.join(PROJECTING)}, got {cfg.long_range!r}")
-    _check(cfg.dale or cfg.long_range == "all", "long_range",
-           "'excitatory' needs dale: true (without it no neuron is excitatory); with dale: false set long_range: all")
     _check(cfg.readout_from in PROJECTING, "readout_from", f"must be one of {', '.join(PROJECTING)}, got {cfg.readout_from!r}")
+    from_e = [key for key in ("long_range", "readout_from") if getattr(cfg, key) == "excitatory"]
+    _check(cfg.dale or not from_e, from_e[0] if from_e else "", "'excitatory' needs dale: true (without it no neuron is "
+           f"excitatory); with dale: false set {' and '.join(f'{key}: all' for key in from_e)}")
     _check(cfg.activation in ACTIVATIONS, "activation", f"must be one of {', '.join(ACTIVATIONS)}, got {cfg.activation!r}")
     for key in ("rec", "input"):
         _number(getattr(cfg.noise, key), f"noise.{key}")

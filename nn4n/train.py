@@ -258,7 +258,10 @@ class Trainer:
         self.train_data = sampler(cfg.task, n_networks * cfg.train.batch_size, cfg.seed)
         self.spec = self.train_data.spec
         self.held_out = sampler(cfg.task, cfg.train.eval_trials, cfg.seed + EVAL_SEED_OFFSET).batch(0).to(self.device)
-        self.ensemble = Ensemble(cfg.model, n_networks, engine=_engine(cfg.train.engine, self.device)).to(self.device)
+        try:
+            self.ensemble = Ensemble(cfg.model, n_networks, engine=_engine(cfg.train.engine, self.device)).to(self.device)
+        except ValueError as err:  # checks that need the masks drawn from the seed (an empty readout pool, say)
+            raise ConfigError(f"model.{err}") from None
         self.networks = list(self.ensemble.networks)
         self.optimizer = _optimizer(cfg, self.ensemble)
         for net in self.networks:

@@ -79,6 +79,8 @@ BAD_CONFIGS = [
     ("train.matmul_precision=tf32", "train.matmul_precision"),
     ("train.data_workers=-1", "train.data_workers"),
     ("train.data_workers=many", "train.data_workers"),
+    ("model.dale=false", "model.long_range: 'excitatory' needs dale: true (without it no neuron is excitatory); with dale: false set long_range: all and readout_from: all"),
+    ("model.areas.hidden.exc_frac=0", "readout_from=excitatory but these areas have no excitatory neurons"),  # found as the masks are drawn
     # inconsistent areas
     ("model.input_areas=[V1]", "model.input_areas"),
     ("model.readout_areas=[PFC]", "model.readout_areas"),

@@ -238,7 +238,7 @@ def test_readout_overlap_false_avoids_input_neurons():
     with pytest.raises(ValueError, match=r"readout_areas \(V1\).*readout_overlap"):
         build(input_areas=["V1"], input_frac=1.0, readout_areas=["V1"], readout_overlap=False)
     with pytest.raises(ValueError, match=r"readout_areas \(V1\).*excitatory"):
-        build(dale=False, readout_areas=["V1"], readout_from="excitatory")
+        build(areas={"V1": {"exc_frac": 0.0}}, readout_areas=["V1"], readout_from="excitatory")
 
 
 def test_masks_reproducible_from_seed():
@@ -287,6 +287,8 @@ BAD = [
     ({"input_areas": ["V1", "M1"]}, r"input_areas\[1\]: unknown area 'M1'; areas: PFC, V1, PPC"),
     ({"input_areas": "V1"}, r"input_areas: must be a list of area names, got 'V1'"),
     ({"dale": False, "long_range": "excitatory"}, r"long_range: 'excitatory' needs dale: true"),
+    ({"dale": False, "long_range": "all", "readout_from": "excitatory"},
+     r"readout_from: 'excitatory' needs dale: true \(without it no neuron is excitatory\); with dale: false set readout_from: all$"),
     ({"readout_areas": ["M1"]}, r"readout_areas\[0\]: unknown area 'M1'"),
     ({"input_groups": {"vis": {"size": 3, "areas": ["M1"]}}}, r"input_groups\.vis\.areas\[0\]: unknown area 'M1'"),
     ({"input_groups": {"vis": {"size": 3, "areas": []}}}, r"input_groups\.vis\.areas: must name at least one area"),

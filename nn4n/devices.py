@@ -13,8 +13,7 @@ def available_device(name: str | torch.device, key: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ValueError(f"{key}: {name!r} is not a device (cpu, cuda, cuda:N, mps or auto)") from None
-    counts = {"cuda": torch.cuda.device_count, "mps": lambda: int(torch.backends.mps.is_available()), "cpu": lambda: 1}
-    count = counts[device.type]() if device.type in counts else 1
+    count = {"cuda": torch.cuda.device_count(), "mps": int(torch.backends.mps.is_available())}.get(device.type, 1)
     if (device.index or 0) >= count:
         what = f"{count} {device.type.upper()} device(s)" if count else f"{device.type.upper()} is not available"
         raise ValueError(f"{key}: {str(name)!r} requested but {what}; use auto or cpu")

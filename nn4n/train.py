@@ -108,7 +108,8 @@ def check_resumable(state: dict[str, Any], current: dict[str, Any], run_dir: Pat
         elif key == "train.steps":
             was += f" and its learning rate schedule ({saved['train.schedule']}) depends on it"
         now = f"is {current[key]!r}" if key in current else "is not set"
-        overrides = " ".join(OmegaConf.create(state.get("hydra", {}).get("overrides.yaml", "[]"))) or "none"
+        record = OmegaConf.create(state.get("hydra", {}).get("overrides.yaml", "[]"))
+        overrides = " ".join(OmegaConf.to_container(record)) or "none"  # as typed: ${...} unresolved
         raise ConfigError(f"{key}: {now} but {was}; resume with the run's own overrides ({overrides}; "
                           f"nn4n-train resume={run_dir} gives them) or use another output directory")
 

@@ -329,6 +329,9 @@ def test_steps_of_a_run_with_a_schedule_stay_fixed() -> None:
     check_resumable({"config": constant, "step": 500}, constant | {"train.steps": 1000}, Path("r"))  # stop sooner
     with pytest.raises(ConfigError, match=r"train.lr: is 0.1 but the run in r was started with 0.001; resume with the run's own overrides \(none;"):
         check_resumable({"config": constant, "step": 500}, constant | {"train.steps": 4000, "train.lr": 0.1}, Path("r"))
+    typed = {"config": constant, "step": 500, "hydra": {"overrides.yaml": "- name=run_${seed}\n"}}  # shown as typed
+    with pytest.raises(ConfigError, match=r"resume with the run's own overrides \(name=run_\$\{seed\}; nn4n-train resume=r"):
+        check_resumable(typed, constant | {"train.lr": 0.1}, Path("r"))
 
 
 @pytest.mark.slow

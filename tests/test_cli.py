@@ -201,12 +201,13 @@ def test_resume_puts_the_runs_own_command_line_in_its_place(tmp_path: Path) -> N
 
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)
-    (run / ".hydra" / "overrides.yaml").write_text("- arch=mine\n- seed=3\n- train.steps=100\n")
+    (run / ".hydra" / "overrides.yaml").write_text("- arch=mine\n- seed=3\n- train.steps=100\n- name=run_${seed}\n")
     sources = [{"path": "nn4n_configs", "schema": "pkg", "provider": "main"},
                {"path": "/my/configs", "schema": "file", "provider": "command-line"}]
     (run / ".hydra" / "hydra.yaml").write_text(json.dumps({"hydra": {"runtime": {"config_sources": sources}}}))
     assert _resumed(["--cfg", "job", f"resume={run}", "train.steps=200"]) == [
-        "--config-dir=/my/configs", "--cfg", "job", "arch=mine", "seed=3", f"hydra.run.dir={run}", "train.steps=200"]
+        "--config-dir=/my/configs", "--cfg", "job", "arch=mine", "seed=3", "name=run_${seed}", f"hydra.run.dir={run}",
+        "train.steps=200"]
     assert _resumed([f"resume={run}", "-cd", "/other"]) == [
-        "arch=mine", "seed=3", "train.steps=100", f"hydra.run.dir={run}", "-cd", "/other"]
+        "arch=mine", "seed=3", "train.steps=100", "name=run_${seed}", f"hydra.run.dir={run}", "-cd", "/other"]
     assert _resumed(["seed=1"]) == ["seed=1"]

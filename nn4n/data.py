@@ -5,6 +5,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import multiprocessing
+import multiprocessing.connection
+import os
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,6 +189,18 @@ def _identity(batch: TrialBatch) -> TrialBatch:
     return batch
 
 
+def _exit_with_parent(_: int) -> None:
+    """In a loader worker: exit as soon as the training process is gone. Killed (``kill -9``, an OOM kill),
+    it leaves the worker's queue thread blocked on a full pipe, and the worker alive and holding its memory."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        def exit_when_gone() -> None:
+            multiprocessing.connection.wait([parent.sentinel])
+            os._exit(0)
+
+        threading.Thread(target=exit_when_gone, daemon=True).start()
+
+
 def batch_stream(
     sampler: TrialSampler, start: int = 0, num_workers: int = 1, pin_memory: bool = False
 ) -> Iterator[TrialBatch]:
@@ -198,6 +213,7 @@ def batch_stream(
         shuffle=False,
         num_workers=num_workers,
         collate_fn=_identity,
+        worker_init_fn=_exit_with_parent,
         pin_memory=pin_memory,
         generator=torch.Generator(),  # worker seeds must not consume the global RNG (resume = identical run)
         # the platform's own start method, whatever a parent (e.g. joblib's loky workers) made the default

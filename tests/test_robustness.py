@@ -241,6 +241,14 @@ def start(tmp_path: Path, run_dir: str, *extra: str) -> subprocess.Popen:
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _alive(pid: int) -> bool:
+    """Running (a zombie no container init reaps counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def wait_for_checkpoint(path: Path, proc: subprocess.Popen) -> None:
     deadline = time.time() + 300
     while not path.exists():
@@ -255,8 +263,14 @@ def test_kill9_then_resume_is_bitwise_identical(tmp_path: Path) -> None:
     assert straight.wait(timeout=600) == 0, straight.communicate()
     victim = start(tmp_path, "killed")
     wait_for_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt", victim)
+    workers = Path(f"/proc/{victim.pid}/task/{victim.pid}/children").read_text().split()
+    assert workers  # train.data_workers=1
     victim.send_signal(signal.SIGKILL)
     victim.wait()
+    deadline = time.time() + 30  # the loader worker does not outlive the run, holding its memory
+    while any(_alive(int(pid)) for pid in workers):
+        assert time.time() < deadline, f"loader worker(s) {workers} still running after the run was killed"
+        time.sleep(0.1)
     killed_at = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")["step"]
     assert killed_at < 150
     resumed = start(tmp_path, "killed")

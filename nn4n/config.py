@@ -14,7 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .structure import NetworkConfig
+from .structure import NetworkConfig, check_seed
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "step")
@@ -152,6 +152,7 @@ class Config:
     name: str = "run"
 
     def __post_init__(self) -> None:
+        check_seed(self.seed, "seed")
         for key in ("rate_l1_area", "rate_l2_area"):
             for area in getattr(self.train.reg, key):
                 _check(area in self.model.areas, f"train.reg.{key}.{area}",

@@ -172,6 +172,12 @@ def _integer(value: Any, key: str) -> None:
     _check(isinstance(value, int) and not isinstance(value, bool) and value > 0, key, f"must be an integer > 0, got {value!r}")
 
 
+def check_seed(value: Any, key: str) -> None:
+    """A seed numpy and torch both take: an integer in [0, 2**32)."""
+    _check(isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32, key,
+           f"must be an integer in [0, 2**32), got {value!r}")
+
+
 def _unit(value: Any, key: str) -> None:
     _check(_is_number(value) and 0.0 <= value <= 1.0, key, f"must be in [0, 1], got {value!r}")
 
@@ -225,6 +231,7 @@ def _validate(cfg: NetworkConfig) -> None:
             known(pre, f"projections.{to}.{pre}")
             _unit(value, f"projections.{to}.{pre}")
     _integer(cfg.input_size, "input_size")
+    check_seed(cfg.seed, "seed")
     _integer(cfg.output_size, "output_size")
     for key in ("input_areas", "readout_areas"):
         areas = getattr(cfg, key)

@@ -26,6 +26,8 @@ BAD_CONFIGS = [
     # types
     ("train.lr=fast", "train.lr"),
     ("train.steps=1.5", "train.steps"),
+    ("seed=-1", "model.seed: must be an integer in [0, 2**32), got -1"),  # model.seed is ${seed}
+    ("seed=4294967296", "must be an integer in [0, 2**32)"),
     ("train.batch_size=[1,2]", "train.batch_size"),
     ("model.dale=maybe", "model.dale"),
     ("model.areas.hidden.size=big", "model.areas.hidden.size"),

@@ -287,6 +287,7 @@ BAD = [
     ({"input_areas": ["V1", "M1"]}, r"input_areas\[1\]: unknown area 'M1'; areas: PFC, V1, PPC"),
     ({"input_areas": "V1"}, r"input_areas: must be a list of area names, got 'V1'"),
     ({"dale": False, "long_range": "excitatory"}, r"long_range: 'excitatory' needs dale: true"),
+    ({"seed": -1}, r"^seed: must be an integer in \[0, 2\*\*32\), got -1$"),
     ({"dale": False, "long_range": "all", "readout_from": "excitatory"},
      r"readout_from: 'excitatory' needs dale: true \(without it no neuron is excitatory\); with dale: false set readout_from: all$"),
     ({"readout_areas": ["M1"]}, r"readout_areas\[0\]: unknown area 'M1'"),

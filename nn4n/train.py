@@ -124,6 +124,29 @@ def check_disk_space(cfg: Config, run_dir: Path, n_neurons: int, n_steps: int) -
         raise ConfigError(f"hydra.run.dir: only {free / 2**20:.0f} MiB free in {run_dir}; this run needs about {needed / 2**20:.0f} MiB")
 
 
+STEP_BYTES = 12  # a training step holds at least this per neuron x time step x trial (BENCHMARKS.md, Memory)
+
+
+def _free_memory(device: torch.device) -> int | None:
+    """Bytes ``device`` can still give (the host's MemAvailable for the CPU); None where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return None
+
+
+def check_memory(cfg: Config, device: torch.device, n_neurons: int, n_steps: int) -> None:
+    """Fail before the first batch is made if one training step cannot fit in ``device``'s free memory."""
+    trials = cfg.train.n_networks * cfg.train.batch_size
+    needed, free = STEP_BYTES * n_neurons * n_steps * trials, _free_memory(device)
+    if free is not None and needed > free:
+        raise ConfigError(f"train.batch_size: a step of {trials} trials x {n_steps} time steps x {n_neurons} neurons "
+                          f"needs at least {needed / 2**30:.1f} GiB; {device} has {free / 2**30:.1f} GiB free")
+
+
 def sampler(t: TaskConfig, batch_size: int, seed: int) -> TrialSampler:
     """Batches of task ``t`` that depend only on (seed, batch index)."""
     return TrialSampler(t.name, t.dt, batch_size, seed, t.timing, t.params, t.dirs, t.decision_weight, t.decision_period)
@@ -269,10 +292,12 @@ class Trainer:
             net.apply_plasticity(self.optimizer)
         self.schedule = _schedule(cfg, self.optimizer)
         self.last_path = run_dir / "checkpoints" / "last.pt"
+        n_neurons, n_steps = self.networks[0].structure.n_neurons, self.held_out.inputs.shape[1]
+        check_disk_space(cfg, run_dir, n_neurons, n_steps)
+        check_memory(cfg, self.device, n_neurons, n_steps)
         self.dirs = [network_dir(run_dir, i, n_networks) for i in range(n_networks)]
         for path in (run_dir, *self.dirs):
             (path / "checkpoints").mkdir(parents=True, exist_ok=True)
-        check_disk_space(cfg, run_dir, self.networks[0].structure.n_neurons, self.held_out.inputs.shape[1])
         self.flat_config = flatten(dataclasses.asdict(cfg))
         self.start, self.best, elapsed = 0, [-math.inf] * n_networks, 0.0
         if self.last_path.exists():

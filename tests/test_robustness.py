@@ -78,6 +78,7 @@ BAD_CONFIGS = [
     ("+task.dirs=[/no/such/dir]", "task.dirs"),
     ("logging.progress=fancy", "logging.progress"),
     ("train.n_networks=0", "train.n_networks"),
+    ("train.batch_size=100000000", "train.batch_size: a step of 100000000 trials x "),  # found before any batch is made
     ("train.matmul_precision=tf32", "train.matmul_precision"),
     ("train.data_workers=-1", "train.data_workers"),
     ("train.data_workers=many", "train.data_workers"),

@@ -282,6 +282,9 @@ class Trainer:
         self.train_data = sampler(cfg.task, n_networks * cfg.train.batch_size, cfg.seed)
         self.spec = self.train_data.spec
         self.held_out = sampler(cfg.task, cfg.train.eval_trials, cfg.seed + EVAL_SEED_OFFSET).batch(0).to(self.device)
+        n_neurons, n_steps = sum(area.size for area in cfg.model.areas.values()), self.held_out.inputs.shape[1]
+        check_disk_space(cfg, run_dir, n_neurons, n_steps)
+        check_memory(cfg, self.device, n_neurons, n_steps)
         try:
             self.ensemble = Ensemble(cfg.model, n_networks, engine=_engine(cfg.train.engine, self.device)).to(self.device)
         except ValueError as err:  # checks that need the masks drawn from the seed (an empty readout pool, say)
@@ -292,9 +295,6 @@ class Trainer:
             net.apply_plasticity(self.optimizer)
         self.schedule = _schedule(cfg, self.optimizer)
         self.last_path = run_dir / "checkpoints" / "last.pt"
-        n_neurons, n_steps = self.networks[0].structure.n_neurons, self.held_out.inputs.shape[1]
-        check_disk_space(cfg, run_dir, n_neurons, n_steps)
-        check_memory(cfg, self.device, n_neurons, n_steps)
         self.dirs = [network_dir(run_dir, i, n_networks) for i in range(n_networks)]
         for path in (run_dir, *self.dirs):
             (path / "checkpoints").mkdir(parents=True, exist_ok=True)

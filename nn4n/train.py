@@ -119,7 +119,10 @@ def check_disk_space(cfg: Config, run_dir: Path, n_neurons: int, n_steps: int) -
     params = cfg.train.n_networks * n_neurons * (n_neurons + cfg.model.input_size + cfg.model.output_size + 4)
     activity = cfg.train.n_networks * cfg.train.eval_trials * n_steps * (n_neurons + 2 * cfg.model.output_size) * 4
     needed = 6 * params * 4 + 2 * activity + 50 * 2**20  # last + best (+ temporaries) + optimizer state + logs
-    free = shutil.disk_usage(run_dir).free
+    existing = run_dir.absolute()
+    while not existing.exists():  # the run's folder is made once every check has passed
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
     if free < needed:
         raise ConfigError(f"hydra.run.dir: only {free / 2**20:.0f} MiB free in {run_dir}; this run needs about {needed / 2**20:.0f} MiB")
 

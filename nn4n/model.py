@@ -23,7 +23,6 @@ from torch.nn.utils import parametrize
 from torch.utils.hooks import RemovableHandle
 
 from .checkpoint import MODEL_FORMAT, load_nn4n_file
-from .devices import available_device
 from .engines import ENGINES, _mm, time_major
 from .structure import NetworkConfig, Structure
 
@@ -358,18 +357,21 @@ class CTRNN(nn.Module):
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu", engine: str = "reference") -> CTRNN:
         """Rebuild a saved model on ``map_location`` (``auto``: CUDA where there is one); only tensors and
         plain values are read (``weights_only=True``)."""
-        device = available_device(map_location, "map_location")
-        blob = load_nn4n_file(path, MODEL_FORMAT, device)
-        model = cls(NetworkConfig.from_dict(blob["config"]), engine=engine)
-        model.load_state_dict(blob["state_dict"])
-        return model.to(device)
+        blob = load_nn4n_file(path, MODEL_FORMAT, map_location)  # on map_location, checked there
+        return cls._from_state(blob["config"], blob["state_dict"], engine)
+
+    @classmethod
+    def _from_state(cls, config: Mapping[str, Any], state: Mapping[str, torch.Tensor], engine: str) -> CTRNN:
+        """The network of ``config`` holding ``state``, on the device and in the dtype of its tensors."""
+        net = cls(NetworkConfig.from_dict(config), engine)
+        like = state["parametrizations.w_rec.original"]
+        net.to(like.device, like.dtype).load_state_dict(state)
+        return net
 
 
 def _unpickle(config: dict[str, Any], engine: str, training: bool, frozen: list[str], state: dict[str, torch.Tensor]) -> CTRNN:
-    """The network :meth:`CTRNN.__reduce__` pickled, on the device and in the dtype it had."""
-    net = CTRNN(NetworkConfig.from_dict(config), engine)
-    like = state["parametrizations.w_rec.original"]
-    net.to(like.device, like.dtype).load_state_dict(state)
+    """The network :meth:`CTRNN.__reduce__` pickled, as it was."""
+    net = CTRNN._from_state(config, state, engine)
     for name, p in net.named_parameters():
         p.requires_grad_(name not in frozen)
     return net.train(training)

@@ -100,13 +100,17 @@ def check_resumable(state: dict[str, Any], current: dict[str, Any], run_dir: Pat
     for key in sorted(set(saved) | set(current)):
         if key.startswith(RESUMABLE_CHANGES) or saved.get(key) == current.get(key):
             continue
-        was = f"the run in {run_dir} was started with {saved[key]!r}" if key in saved else f"the run in {run_dir} has no such key"
-        if key == "train.steps" and current[key] < done:
-            was = f"the run in {run_dir} has already trained {done} steps"
-        elif key == "train.steps" and saved["train.schedule"] == "none":
+        steps = key == "train.steps"
+        if steps and current[key] >= done and saved["train.schedule"] == "none":
             continue
-        elif key == "train.steps":
-            was += f" and its learning rate schedule ({saved['train.schedule']}) depends on it"
+        run = f"the run in {run_dir}"
+        if steps and current[key] < done:
+            was = f"{run} has already trained {done} steps"
+        elif key not in saved:
+            was = f"{run} has no such key"
+        else:
+            was = f"{run} was started with {saved[key]!r}" + (
+                f" and its learning rate schedule ({saved['train.schedule']}) depends on it" if steps else "")
         now = f"is {current[key]!r}" if key in current else "is not set"
         record = OmegaConf.create(state.get("hydra", {}).get("overrides.yaml", "[]"))
         overrides = " ".join(OmegaConf.to_container(record)) or "none"  # as typed: ${...} unresolved
@@ -119,10 +123,7 @@ def check_disk_space(cfg: Config, run_dir: Path, n_neurons: int, n_steps: int) -
     params = cfg.train.n_networks * n_neurons * (n_neurons + cfg.model.input_size + cfg.model.output_size + 4)
     activity = cfg.train.n_networks * cfg.train.eval_trials * n_steps * (n_neurons + 2 * cfg.model.output_size) * 4
     needed = 6 * params * 4 + 2 * activity + 50 * 2**20  # last + best (+ temporaries) + optimizer state + logs
-    existing = run_dir.absolute()
-    while not existing.exists():  # the run's folder is made once every check has passed
-        existing = existing.parent
-    free = shutil.disk_usage(existing).free
+    free = shutil.disk_usage(run_dir).free
     if free < needed:
         raise ConfigError(f"hydra.run.dir: only {free / 2**20:.0f} MiB free in {run_dir}; this run needs about {needed / 2**20:.0f} MiB")
 
@@ -286,6 +287,7 @@ class Trainer:
         self.spec = self.train_data.spec
         self.held_out = sampler(cfg.task, cfg.train.eval_trials, cfg.seed + EVAL_SEED_OFFSET).batch(0).to(self.device)
         n_neurons, n_steps = sum(area.size for area in cfg.model.areas.values()), self.held_out.inputs.shape[1]
+        run_dir.mkdir(parents=True, exist_ok=True)  # its contents only once every check has passed
         check_disk_space(cfg, run_dir, n_neurons, n_steps)
         check_memory(cfg, self.device, n_neurons, n_steps)
         try:

@@ -572,6 +572,8 @@ def test_networks_pickle_for_multiprocessing_and_torch_save(tmp_path):
     assert torch.equal(copy(x)[0], model(x)[0]) and copy.w_rec.dtype == torch.float64
     assert {n: p.requires_grad for n, p in copy.named_parameters()} == {n: p.requires_grad for n, p in model.named_parameters()}
     assert not copy.parametrizations.w_out.original.requires_grad
+    model.save(tmp_path / "double.pt")  # a saved file keeps the dtype too
+    assert torch.equal(CTRNN.load(tmp_path / "double.pt").eval()(x)[0], model(x)[0])
     torch.save(model, tmp_path / "whole.pt")
     assert torch.equal(torch.load(tmp_path / "whole.pt", weights_only=False)(x)[0], model(x)[0])
     ensemble = Ensemble(THREE, 2, engine="fused")

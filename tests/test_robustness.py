@@ -244,6 +244,17 @@ def start(tmp_path: Path, run_dir: str, *extra: str) -> subprocess.Popen:
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def start_until_step(tmp_path: Path, step: int) -> subprocess.Popen:
+    """A long run in ``run`` with no checkpoint before the end, returned once its log reaches ``step``."""
+    proc = start(tmp_path, "run", "train.steps=100000", "train.checkpoint_every=100000")
+    log = tmp_path / "run" / "nn4n.log"
+    deadline = time.time() + 300
+    while f"step {step}/" not in (log.read_text() if log.exists() else ""):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    return proc
+
+
 def _alive(pid: int) -> bool:
     """Running (a zombie no container init reaps counts as gone)."""
     try:
@@ -353,12 +364,7 @@ def test_steps_of_a_run_with_a_schedule_stay_fixed() -> None:
 
 @pytest.mark.slow
 def test_a_run_killed_before_its_first_checkpoint_starts_over_cleanly(tmp_path: Path) -> None:
-    proc = start(tmp_path, "run", "train.steps=100000", "train.checkpoint_every=100000")
-    log = tmp_path / "run" / "nn4n.log"
-    deadline = time.time() + 300
-    while "step 30/" not in (log.read_text() if log.exists() else ""):
-        assert proc.poll() is None and time.time() < deadline
-        time.sleep(0.05)
+    proc = start_until_step(tmp_path, 30)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
@@ -375,12 +381,7 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over_cleanly(tmp_path: 
 
 @pytest.mark.slow
 def test_sigterm_saves_checkpoint_and_exits(tmp_path: Path) -> None:
-    proc = start(tmp_path, "run", "train.steps=100000", "train.checkpoint_every=100000")
-    log = tmp_path / "run" / "nn4n.log"
-    deadline = time.time() + 300
-    while "step 10/" not in (log.read_text() if log.exists() else ""):
-        assert proc.poll() is None and time.time() < deadline
-        time.sleep(0.05)
+    proc = start_until_step(tmp_path, 10)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM

@@ -1,6 +1,7 @@
 """TensorBoard logging of a run: losses, activity per area and E/I population, weights, figures."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -12,6 +13,7 @@ from torch.utils.tensorboard.summary import hparams
 from . import figures
 from .model import CTRNN, Activity
 
+HPARAMS_RUN = "hparams"  # the sub-run of each run's tensorboard/ that holds its HParams session
 SILENT_RATE = 1e-3  # a neuron whose mean rate is below this is counted as silent
 
 
@@ -32,6 +34,7 @@ class Monitor:
     """
 
     def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:
+        self.log_dir = log_dir
         self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
 
     def scalars(self, step: int, values: Mapping[str, float], prefix: str = "") -> None:
@@ -78,13 +81,17 @@ class Monitor:
         self.writer.add_text(tag, text)
 
     def hparams(self, step: int, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
-        """Write the HParams summary into this run (not a sub-run), so the sweep view finds it; the
-        metrics at ``step``, the last one trained."""
+        """Write the HParams session, with the metrics at ``step`` (the last one trained), as this run's
+        sub-run ``hparams/``, replacing an earlier one: TensorBoard keeps the first session record of a
+        run, so a run trained further would otherwise show the ``train.steps`` it first finished with."""
         clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
-        for summary in hparams(clean, {f"hparam/{k}": v for k, v in metrics.items()}):
-            self.writer.file_writer.add_summary(summary, step)
-        for key, value in metrics.items():
-            self.writer.add_scalar(f"hparam/{key}", value, step)
+        run = self.log_dir / HPARAMS_RUN
+        shutil.rmtree(run, ignore_errors=True)
+        with SummaryWriter(str(run)) as writer:
+            for summary in hparams(clean, {f"hparam/{k}": v for k, v in metrics.items()}):
+                writer.file_writer.add_summary(summary, step)
+            for key, value in metrics.items():
+                writer.add_scalar(f"hparam/{key}", value, step)
 
     def close(self) -> None:
         self.writer.close()

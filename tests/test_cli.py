@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from nn4n import CTRNN
 from nn4n.checkpoint import load_checkpoint
+from helpers import hparams_session
 
 
 def nn4n_train(*overrides: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -60,7 +61,8 @@ def test_tensorboard_events(debug_run: Path) -> None:
     assert 40 <= motor_tau.min() < motor_tau.max() <= 400 and "tau/sensory" not in tags["histograms"]
     assert {"figures/activity", "figures/connectivity", "figures/pca", "figures/trial_io", "figures/psychometric"} <= set(tags["images"])
     metrics = json.loads((debug_run / "metrics.json").read_text())
-    assert acc.Scalars("hparam/accuracy")[-1].value == pytest.approx(metrics["accuracy"])
+    params, hparam_metrics = hparams_session(debug_run / "tensorboard")
+    assert hparam_metrics["hparam/accuracy"] == [(20, pytest.approx(metrics["accuracy"]))] and params["train.steps"] == 20
     assert acc.Scalars("eval/accuracy")[-1].value == pytest.approx(metrics["accuracy"])
     assert "config" in " ".join(tags["tensors"])  # resolved config as text
 

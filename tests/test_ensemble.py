@@ -20,6 +20,7 @@ from nn4n.config import ConfigError, register_schema
 from nn4n.engines import ENGINES
 from nn4n.ensemble import Ensemble, network_seed
 from nn4n.train import Trainer, TrainingError, _cores, resolve, sampler
+from helpers import hparams_session
 
 CONFIG = {
     "areas": {"A": {"size": 13, "tau": 60.0}, "B": {"size": 6, "exc_frac": 0.5}},
@@ -216,7 +217,8 @@ def test_nn4n_train_writes_each_network(ensemble_run: Path) -> None:
         acc = EventAccumulator(str(net_dir / "tensorboard"), size_guidance={"scalars": 0}).Reload()
         assert [e.step for e in acc.Scalars("loss/task")] == [5, 10, 15, 20]
         assert acc.Scalars("eval/loss")[-1].value == pytest.approx(metrics["loss"])
-        assert acc.Scalars("hparam/loss")[-1].value == pytest.approx(metrics["loss"])
+        params, hparam_metrics = hparams_session(net_dir / "tensorboard")
+        assert hparam_metrics["hparam/loss"] == [(20, pytest.approx(metrics["loss"]))] and params["network_seed"] == metrics["seed"]
         assert CTRNN.load(net_dir / "checkpoints" / "best.pt").config.seed == metrics["seed"]
         last, cfg = load_run(ensemble_run, "last", network=k)
         assert cfg.model.seed == metrics["seed"]

@@ -21,6 +21,7 @@ from nn4n import cli
 from nn4n.checkpoint import load_checkpoint
 from nn4n.config import ConfigError
 from nn4n.train import check_disk_space, check_resumable, resolve
+from helpers import hparams_session
 
 BAD_CONFIGS = [
     # types
@@ -320,7 +321,8 @@ def test_a_finished_run_trains_further_with_more_steps(tmp_path: Path) -> None:
     assert sorted(logged) == sorted([*range(10, 151, 10), 73])
     straight_events = EventAccumulator(str(tmp_path / "straight" / "tensorboard")).Reload()
     assert {e.step: e.value for e in straight_events.Scalars("loss/task")} == {s: v for s, v in logged.items() if s != 73}
-    assert [(e.step, e.value) for e in events.Scalars("hparam/accuracy")][-1] == (150, pytest.approx(ran["accuracy"]))
+    params, hparam_metrics = hparams_session(tmp_path / "run" / "tensorboard")  # the session of 150 steps only
+    assert params["train.steps"] == 150 and hparam_metrics["hparam/accuracy"] == [(150, pytest.approx(ran["accuracy"]))]
     fewer = start(tmp_path, "run", "train.steps=100")
     _, err = fewer.communicate(timeout=300)
     assert fewer.returncode == 2 and re.search(r"train.steps: is 100 but the run in \S*run has already trained 150 steps;", err)

@@ -114,7 +114,7 @@ def test_tensorboard_sees_hparams_of_every_job(grid: Path) -> None:
         if metadata.SESSION_START_INFO_TAG in content:
             info = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
             sessions[run] = {k: v.number_value for k, v in info.hparams.items() if v.HasField("number_value")}
-    assert sorted(sessions) == [f"{n}/tensorboard" for n in range(4)]
+    assert sorted(sessions) == [f"{n}/tensorboard/hparams" for n in range(4)]
     for run, hparams in sessions.items():
         job = grid / run.split("/")[0]
         overrides = sweep.parse_overrides(yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()))

@@ -2,8 +2,10 @@
 
 A sweep directory holds one sub-directory per job, made by Hydra (``.hydra/overrides.yaml``). A job
 is *finished* when its ``metrics.json`` exists (the trainer writes it last), *failed* when its last
-attempt raised (``error.txt`` holds the one-line reason), and *missing metrics* otherwise (killed,
-timed out, still running, or never started).
+attempt raised (``error.txt`` holds the one-line reason) and it has none, and *missing metrics*
+otherwise (killed, timed out, still running, or never started). A finished job whose later attempt was
+refused before training (a different config pointed at the same directory) keeps its record and
+metrics, and the summary shows the refusal beside them.
 
 Re-running a sweep into the same ``hydra.sweep.dir`` skips finished jobs (their stored metric is
 returned to the sweeper, so an Optuna study sees the same values) and redoes the others, which
@@ -139,9 +141,9 @@ def load_job(job_dir: Path, root: Path) -> Job:
             metrics = {k: v for k, v in json.loads(metrics_file.read_text()).items() if isinstance(v, (int, float))}
         except (ValueError, AttributeError):
             error = error or f"{METRICS_FILE} is unreadable"
-    status = "failed" if error_file.exists() else "finished" if metrics else "missing metrics"
-    if status == "failed":
-        metrics = {}  # a metrics.json beside an error is a different run's (see finished_metrics)
+    status = "finished" if metrics else "failed" if error_file.exists() else "missing metrics"
+    if metrics and error:  # refused before training (e.g. another config): the directory keeps its run and record
+        error = f"finished; a later attempt failed: {error}"
     return Job(job_dir, name, overrides, status, metrics, error)
 
 

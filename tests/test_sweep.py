@@ -300,23 +300,27 @@ def test_summary_statuses_groups_and_order(tmp_path: Path) -> None:
             metrics = {"accuracy": acc[noise, seed], "loss": 1 - acc[noise, seed], "steps": 10} if (noise, seed) in acc else None
             make_job(tmp_path, str(n), ["debug=fast", f"model.noise.rec={noise}", f"seed={seed}"], metrics)
             n += 1
-    make_job(tmp_path, "10", ["debug=fast", "model.noise.rec=0.1", "seed=3"], {"accuracy": 0.2}, error="TrainingError: diverged")
+    make_job(tmp_path, "10", ["debug=fast", "model.noise.rec=0.1", "seed=3"], error="TrainingError: diverged")
+    refused = "ConfigError: seed: is 5 but the run in 11 was started with 4"  # a re-run of another sweep
+    make_job(tmp_path, "11", ["debug=fast", "model.noise.rec=0.1", "seed=4"], {"accuracy": 0.8, "loss": 0.2, "steps": 10}, error=refused)
     text = sweep.summarize(tmp_path)
-    assert "7 jobs" in text and "5 finished, 1 failed, 1 missing metrics" in text
-    assert "10: TrainingError: diverged" in text and "common overrides: debug=fast" in text
+    assert "8 jobs" in text and "6 finished, 1 failed, 1 missing metrics" in text
+    assert "10: TrainingError: diverged" in text and f"11: finished; a later attempt failed: {refused}" in text
+    assert "common overrides: debug=fast" in text
 
     jobs = sweep.find_jobs(tmp_path)
-    assert [j.name for j in jobs] == ["0", "1", "2", "3", "4", "5", "10"]  # natural order
-    assert [j.status for j in jobs][-2:] == ["missing metrics", "failed"] and jobs[-1].metrics == {}
+    assert [j.name for j in jobs] == ["0", "1", "2", "3", "4", "5", "10", "11"]  # natural order
+    assert [j.status for j in jobs][-3:] == ["missing metrics", "failed", "finished"] and jobs[-2].metrics == {}
+    assert jobs[-1].metrics["accuracy"] == 0.8
 
     with open(tmp_path / "summary_groups.csv") as f:
         groups = {g["model.noise.rec"]: g for g in csv.DictReader(f)}
     assert groups["0.0"]["n_jobs"] == "3" and groups["0.0"]["n_finished"] == "3"
     assert float(groups["0.0"]["accuracy_mean"]) == pytest.approx(0.7)
     assert float(groups["0.0"]["accuracy_sd"]) == pytest.approx(0.2)  # sample sd of 0.5, 0.7, 0.9
-    assert groups["0.1"]["n_jobs"] == "4" and groups["0.1"]["n_finished"] == "2"
-    assert float(groups["0.1"]["accuracy_mean"]) == pytest.approx(0.5)
-    assert float(groups["0.1"]["accuracy_sd"]) == pytest.approx(statistics.stdev([0.4, 0.6]))
+    assert groups["0.1"]["n_jobs"] == "5" and groups["0.1"]["n_finished"] == "3"
+    assert float(groups["0.1"]["accuracy_mean"]) == pytest.approx(0.6)
+    assert float(groups["0.1"]["accuracy_sd"]) == pytest.approx(statistics.stdev([0.4, 0.6, 0.8]))
 
 
 def test_summary_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

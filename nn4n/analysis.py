@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 from omegaconf import OmegaConf
@@ -13,7 +13,7 @@ from .config import Config
 from .ensemble import network_seed
 from .evaluate import activity_record, evaluate
 from .model import CTRNN
-from .structure import select_neurons
+from .structure import check_seed, select_neurons
 from .train import EVAL_SEED_OFFSET, network_dir, resolve, sampler
 
 
@@ -45,19 +45,40 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", network: int = 0) ->
 
 
 def activity_from_run(
-    run_dir: str | Path, n_trials: int = 256, checkpoint: str = "best", network: int = 0
+    run_dir: str | Path,
+    n_trials: int = 256,
+    checkpoint: str = "best",
+    network: int = 0,
+    *,
+    seed: int | None = None,
+    timing: Mapping[str, Any] | None = None,
+    params: Mapping[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Run ``n_trials`` held-out trials through a saved network; same keys as ``activity.npz``.
+    """Run ``n_trials`` trials through a saved network; same keys as ``activity.npz``.
 
+    By default these are the run's held-out trials; ``seed`` draws others. ``timing`` and ``params``
+    change the task's (merged into the run's ``task.timing`` and ``task.params``), to probe the trained
+    network beyond its training: ``timing={"delay": 2000}``, ``params={"cohs": [0.0, 51.2]}``.
     Pass the result to :func:`nn4n.figures.all_figures` (or any single figure function).
     """
     if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
         raise ValueError(f"n_trials: must be an integer > 0, got {n_trials!r}")
+    if seed is not None:
+        check_seed(seed, "seed")
     model, cfg = load_run(run_dir, checkpoint, network)
-    held_out = sampler(cfg.task, n_trials, cfg.seed + EVAL_SEED_OFFSET)
+    task = dataclasses.replace(cfg.task, timing={**cfg.task.timing, **(timing or {})}, params={**cfg.task.params, **(params or {})})
+    held_out = sampler(task, n_trials, cfg.seed + EVAL_SEED_OFFSET if seed is None else seed)
+    try:
+        spec = held_out.spec
+    except ValueError as err:  # an unknown period or parameter, a bad duration: named as the arguments are
+        raise ValueError(str(err).removeprefix("task.")) from None
+    net = model.config
+    if (spec.n_inputs, spec.n_outputs) != (net.input_size, net.output_size):
+        raise ValueError(f"params: the task then has {spec.n_inputs} inputs and {spec.n_outputs} outputs, "
+                         f"the network in {run_dir} {net.input_size} and {net.output_size}")
     batch = held_out.batch(0)
-    _, outputs, activity = evaluate(model, batch, held_out.spec.kind)
-    return activity_record(model, batch, outputs, activity, held_out.spec)
+    _, outputs, activity = evaluate(model, batch, spec.kind)
+    return activity_record(model, batch, outputs, activity, spec)
 
 
 def neurons(record: Mapping[str, np.ndarray], area: str | None = None, population: str | None = None) -> np.ndarray:

@@ -163,6 +163,20 @@ def test_figures_from_a_run_in_python(debug_run: Path) -> None:
     assert list(saved["output_labels"]) == ["fixation", "choice 0", "choice 1"]
 
 
+def test_activity_from_run_probes_other_trials_and_settings(debug_run: Path) -> None:
+    """Beyond the held-out trials: another seed, a longer delay than trained with, one coherence only."""
+    from nn4n.analysis import activity_from_run
+
+    held_out = activity_from_run(debug_run, n_trials=16, checkpoint="last")
+    other = activity_from_run(debug_run, n_trials=16, checkpoint="last", seed=11)
+    assert not np.array_equal(held_out["inputs"], other["inputs"])
+    longer = activity_from_run(debug_run, n_trials=16, checkpoint="last", timing={"delay": 1000})  # trained with none
+    assert (np.diff(held_out["epoch_delay"], axis=1) == 0).all() and (np.diff(longer["epoch_delay"], axis=1) == 50).all()
+    assert longer["rates"].shape[1] == held_out["rates"].shape[1] + 50
+    zero = activity_from_run(debug_run, n_trials=16, checkpoint="last", params={"cohs": [0.0]})
+    assert set(zero["cond_coh"]) == {0.0} and len(set(held_out["cond_coh"])) > 1
+
+
 def test_load_run_names_a_directory_that_is_not_a_run(debug_run: Path) -> None:
     from nn4n.analysis import load_run
 
@@ -175,6 +189,11 @@ def test_load_run_names_a_directory_that_is_not_a_run(debug_run: Path) -> None:
     ({"n_trials": 0}, r"^n_trials: must be an integer > 0, got 0$"),
     ({"n_trials": 2.5}, r"^n_trials: must be an integer > 0, got 2.5$"),
     ({"network": 1}, r"^network: must be in \[0, 1\) for the run in .*, got 1$"),
+    ({"seed": -1}, r"^seed: must be an integer in \[0, 2\*\*32\), got -1$"),
+    ({"timing": {"delai": 100}}, r"^timing: unknown period 'delai' for PerceptualDecisionMaking-v0; periods: fixation, stimulus, delay, decision$"),
+    ({"timing": {"delay": -1}}, r"^timing.delay: must be a duration in ms \(>= 0\)"),
+    ({"params": {"coh": [0]}}, r"^params: unknown parameter 'coh' for PerceptualDecisionMaking-v0; accepted: dim_ring, "),
+    ({"params": {"dim_ring": 4}}, r"^params: the task then has 5 inputs and 5 outputs, the network in .* 3 and 3$"),
 ])
 def test_activity_from_run_names_a_bad_argument(debug_run: Path, kwargs: dict, message: str) -> None:
     from nn4n.analysis import activity_from_run

@@ -1,4 +1,4 @@
-"""The README's examples run as written: its single-run commands and its Python without Hydra."""
+"""The README's examples run as written: its single-run commands, its Python without Hydra and on a run."""
 from __future__ import annotations
 
 import re
@@ -49,3 +49,27 @@ def test_python_without_hydra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     exec(compile(code.group(1), "README.md", "exec"), namespace)
     assert namespace["net"].structure.area_names == ["V1", "PFC"]
     assert namespace["activity"].area("PFC").shape == (8, 100, 64) and (tmp_path / "net.pt").exists()
+
+
+def test_loading_a_run_in_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The "Loading a run's results" block, run on a real two-area run (its area names put in)."""
+    from nn4n.train import train
+
+    with initialize_config_module(config_module="nn4n_configs", version_base="1.3"):
+        composed = compose("config", ["debug=fast", "arch=two_area"])
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(composed, run / ".hydra" / "config.yaml")  # what Hydra writes for nn4n-train
+    train(resolve(composed), run)
+    block = re.search(r"\*\*Loading a run's results\*\*\n\n```python\n(.*?)```", README, re.S)
+    assert block is not None
+    code = block.group(1).replace("runs/...", str(run)).replace('"PFC"', '"motor"')
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    act = namespace["act"]
+    n_motor_e = ((act["area"] == "motor") & (act["sign"] == 1)).sum()
+    assert namespace["rates_pfc_e"].shape == (*act["rates"].shape[:2], n_motor_e) and 0 < n_motor_e < (act["area"] == "motor").sum()
+    assert namespace["record"]["rates"].shape[0] == 512 and set(namespace["probe"]["cond_coh"]) == {0.0}
+    assert (namespace["probe"]["epoch_delay"][:, 1] - namespace["probe"]["epoch_delay"][:, 0] == 100).all()
+    assert {"activity", "pca", "psychometric"} <= set(namespace["figs"])

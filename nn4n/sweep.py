@@ -2,10 +2,10 @@
 
 A sweep directory holds one sub-directory per job, made by Hydra (``.hydra/overrides.yaml``). A job
 is *finished* when its ``metrics.json`` exists (the trainer writes it last), *failed* when its last
-attempt raised (``error.txt`` holds the one-line reason) and it has none, and *missing metrics*
-otherwise (killed, timed out, still running, or never started). A finished job whose later attempt was
-refused before training (a different config pointed at the same directory) keeps its record and
-metrics, and the summary shows the refusal beside them.
+attempt raised (``error.txt`` holds the one-line reason) and it has no ``metrics.json``, and *missing
+metrics* otherwise (killed, timed out, still running, or never started). A finished job whose later
+attempt was refused before training (a different config pointed at the same directory) keeps its
+record and metrics, and the summary shows the refusal beside them.
 
 Re-running a sweep into the same ``hydra.sweep.dir`` skips finished jobs (their stored metric is
 returned to the sweeper, so an Optuna study sees the same values) and redoes the others, which

@@ -37,8 +37,8 @@ class Ensemble(nn.Module):
         super().__init__()
         if not isinstance(config, NetworkConfig):
             config = NetworkConfig.from_dict(config)
-        if n_networks < 1:
-            raise ValueError(f"n_networks: must be >= 1, got {n_networks!r}")
+        if not isinstance(n_networks, int) or isinstance(n_networks, bool) or n_networks < 1:
+            raise ValueError(f"n_networks: must be an integer >= 1, got {n_networks!r}")
         self.networks = nn.ModuleList(
             CTRNN(dataclasses.replace(config, seed=network_seed(config.seed, k)), engine) for k in range(n_networks)
         )

@@ -83,6 +83,12 @@ def test_networks_have_their_own_seeds_masks_and_weights() -> None:
         ensemble(torch.zeros(4, 5, 3))  # one network's shape
 
 
+@pytest.mark.parametrize("n_networks", [0, 1.5, True, "2"])
+def test_number_of_networks_is_checked(n_networks: object) -> None:
+    with pytest.raises(ValueError, match=rf"^n_networks: must be an integer >= 1, got {n_networks!r}$"):
+        Ensemble(CONFIG, n_networks)  # type: ignore[arg-type]
+
+
 def test_batch_splits_into_one_part_per_network() -> None:
     batch = sampler(resolve_config([]).task, 6, 0).batch(0)
     parts = batch.split(3)

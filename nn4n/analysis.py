@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+import torch
 from omegaconf import OmegaConf
 
 from .checkpoint import load_checkpoint
@@ -53,12 +54,15 @@ def activity_from_run(
     seed: int | None = None,
     timing: Mapping[str, Any] | None = None,
     params: Mapping[str, Any] | None = None,
+    noise: bool = False,
 ) -> dict[str, np.ndarray]:
     """Run ``n_trials`` trials through a saved network; same keys as ``activity.npz``.
 
-    By default these are the run's held-out trials; ``seed`` draws others. ``timing`` and ``params``
-    change the task's (merged into the run's ``task.timing`` and ``task.params``), to probe the trained
-    network beyond its training: ``timing={"delay": 2000}``, ``params={"cohs": [0.0, 51.2]}``.
+    By default these are the run's held-out trials, without noise, as evaluated in training; ``seed``
+    draws others. ``timing`` and ``params`` change the task's (merged into the run's ``task.timing``
+    and ``task.params``), to probe the trained network beyond its training: ``timing={"delay": 2000}``,
+    ``params={"cohs": [0.0, 51.2]}``. ``noise=True`` adds the network's recurrent and input noise, as in
+    training, for trial-to-trial variability; drawn from the same seed, it is the same on every call.
     Pass the result to :func:`nn4n.figures.all_figures` (or any single figure function).
     """
     if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
@@ -67,7 +71,8 @@ def activity_from_run(
         check_seed(seed, "seed")
     model, cfg = load_run(run_dir, checkpoint, network)
     task = dataclasses.replace(cfg.task, timing={**cfg.task.timing, **(timing or {})}, params={**cfg.task.params, **(params or {})})
-    held_out = sampler(task, n_trials, cfg.seed + EVAL_SEED_OFFSET if seed is None else seed)
+    trial_seed = cfg.seed + EVAL_SEED_OFFSET if seed is None else seed
+    held_out = sampler(task, n_trials, trial_seed)
     try:
         spec = held_out.spec
     except ValueError as err:  # an unknown period or parameter, a bad duration: named as the arguments are
@@ -77,7 +82,9 @@ def activity_from_run(
         raise ValueError(f"params: the task then has {spec.n_inputs} inputs and {spec.n_outputs} outputs, "
                          f"the network in {run_dir} {net.input_size} and {net.output_size}")
     batch = held_out.batch(0)
-    _, outputs, activity = evaluate(model, batch, spec.kind)
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        torch.manual_seed(trial_seed)
+        _, outputs, activity = evaluate(model, batch, spec.kind, noise)
     return activity_record(model, batch, outputs, activity, spec)
 
 

@@ -25,11 +25,11 @@ def scores(outputs: torch.Tensor, batch: TrialBatch, kind: str) -> dict[str, flo
 
 
 @torch.no_grad()
-def evaluate(model: CTRNN, batch: TrialBatch, kind: str) -> tuple[dict[str, float], torch.Tensor, Activity]:
-    """Run held-out trials without noise; metrics as in :func:`scores`."""
+def evaluate(model: CTRNN, batch: TrialBatch, kind: str, noise: bool = False) -> tuple[dict[str, float], torch.Tensor, Activity]:
+    """Run held-out trials, without the network's noise unless ``noise``; metrics as in :func:`scores`."""
     was_training = model.training
     model.eval()
-    outputs, activity = model(batch.inputs)
+    outputs, activity = model(batch.inputs, noise=noise)
     model.train(was_training)
     return scores(outputs, batch, kind), outputs, activity
 

@@ -175,6 +175,15 @@ def test_activity_from_run_probes_other_trials_and_settings(debug_run: Path) -> 
     assert longer["rates"].shape[1] == held_out["rates"].shape[1] + 50
     zero = activity_from_run(debug_run, n_trials=16, checkpoint="last", params={"cohs": [0.0]})
     assert set(zero["cond_coh"]) == {0.0} and len(set(held_out["cond_coh"])) > 1
+    torch.manual_seed(5)
+    noisy = activity_from_run(debug_run, n_trials=16, checkpoint="last", noise=True)
+    after = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(after, torch.rand(3))  # the caller's random state is untouched
+    np.testing.assert_array_equal(noisy["inputs"], held_out["inputs"])  # the same trials, now with noise
+    np.testing.assert_array_equal(noisy["rates"], activity_from_run(debug_run, n_trials=16, checkpoint="last", noise=True)["rates"])
+    drift = np.abs(noisy["rates"] - held_out["rates"]).mean()
+    assert 1e-3 < drift < 0.2, drift  # model.noise.rec 0.05: variability of that order, not a different network
 
 
 def test_load_run_names_a_directory_that_is_not_a_run(debug_run: Path) -> None:

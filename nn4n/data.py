@@ -8,6 +8,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import threading
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,16 +208,18 @@ def batch_stream(
     """Yield sampler.batch(start), sampler.batch(start + 1), ... forever, prepared ahead by
     `num_workers` DataLoader worker processes (0: in this process)."""
     sampler.spec  # make the env in this process: forked workers share its initial state
-    loader = DataLoader(
-        _Steps(sampler, start),
-        batch_size=None,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=_identity,
-        worker_init_fn=_exit_with_parent,
-        pin_memory=pin_memory,
-        generator=torch.Generator(),  # worker seeds must not consume the global RNG (resume = identical run)
-        # the platform's own start method, whatever a parent (e.g. joblib's loky workers) made the default
-        multiprocessing_context=multiprocessing.get_context(multiprocessing.get_all_start_methods()[0]) if num_workers else None,
-    )
-    yield from loader
+    with warnings.catch_warnings():  # more workers than cores: nn4n-train says so in one line of its own
+        warnings.filterwarnings("ignore", "This DataLoader will create", UserWarning)
+        batches = iter(DataLoader(
+            _Steps(sampler, start),
+            batch_size=None,
+            shuffle=False,
+            num_workers=num_workers,
+            collate_fn=_identity,
+            worker_init_fn=_exit_with_parent,
+            pin_memory=pin_memory,
+            generator=torch.Generator(),  # worker seeds must not consume the global RNG (resume = identical run)
+            # the platform's own start method, whatever a parent (e.g. joblib's loky workers) made the default
+            multiprocessing_context=multiprocessing.get_context(multiprocessing.get_all_start_methods()[0]) if num_workers else None,
+        ))
+    yield from batches

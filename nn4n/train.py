@@ -192,6 +192,12 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def _warn_if_above_cores(key: str, count: int, consequence: str) -> None:
+    """One log line when ``key`` asks for more threads or processes than this process has cores."""
+    if count > (cores := _cores()):
+        log.warning("%s=%d is more than the %d core(s) this process may use: %s", key, count, cores, consequence)
+
+
 def _engine(name: str, device: torch.device) -> str:
     if name == "auto":
         return "fused"
@@ -272,9 +278,8 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: Path) -> None:
         torch.set_num_threads(cfg.train.threads)
-        if cfg.train.threads > (cores := _cores()):
-            log.warning("train.threads=%d is more than the %d core(s) this process may use: the threads will "
-                        "wait on each other (see BENCHMARKS.md, Torch threads)", cfg.train.threads, cores)
+        _warn_if_above_cores("train.threads", cfg.train.threads, "the threads will wait on each other "
+                             "(see BENCHMARKS.md, Torch threads)")
         if cfg.train.retain_freed_memory:
             retain_freed_memory()
         torch.set_float32_matmul_precision(cfg.train.matmul_precision)
@@ -282,6 +287,8 @@ class Trainer:
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         self.cfg, self.run_dir, self.device = cfg, run_dir, _device(cfg.train.device)
+        self.loader_workers = loader_workers(cfg.train.data_workers, self.device)
+        _warn_if_above_cores("train.data_workers", self.loader_workers, "they will take the model step's cores")
         n_networks = cfg.train.n_networks
         self.train_data = sampler(cfg.task, n_networks * cfg.train.batch_size, cfg.seed)
         self.spec = self.train_data.spec
@@ -344,11 +351,11 @@ class Trainer:
                 monitor.text("config", "```\n" + OmegaConf.to_yaml(OmegaConf.structured(cfg)) + "\n```")
                 monitor.text("structure", "```\n" + net.structure.summary() + "\n```")
             log.info("network:\n%s", self.networks[0].structure.summary())
-        workers = loader_workers(cfg.train.data_workers, self.device)
-        log.info("task %s (%s), %d network(s), device %s, engine %s, %d loader worker(s)",
-                 cfg.task.name, self.spec.kind, len(self.networks), self.device, self.ensemble.engine, workers)
+        log.info("task %s (%s), %d network(s), device %s, engine %s, %d loader worker(s)", cfg.task.name,
+                 self.spec.kind, len(self.networks), self.device, self.ensemble.engine, self.loader_workers)
         log.info("writing to %s (to watch: tensorboard --logdir %s)", self.run_dir, self.run_dir)
-        stream: Iterator = batch_stream(self.train_data, self.start, workers, pin_memory=self.device.type == "cuda")
+        stream: Iterator = batch_stream(self.train_data, self.start, self.loader_workers,
+                                        pin_memory=self.device.type == "cuda")
         self.progress = _progress(cfg, self.start)
         with _deferred_signals() as received, contextlib.ExitStack() as stack:
             for monitor in self.monitors:

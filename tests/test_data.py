@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nn4n.data import TrialBatch, TrialSampler, batch_stream
-from nn4n.train import loader_workers
+from nn4n.train import _cores, loader_workers
 
 PDM = "PerceptualDecisionMaking-v0"
 TASKS = [
@@ -150,6 +150,14 @@ def test_stream_matches_direct_batches(name, num_workers):
     sampler = TrialSampler(name, dt=20, batch_size=24, seed=3)
     for i, batch in enumerate(itertools.islice(batch_stream(sampler, start=5, num_workers=num_workers), 4)):
         assert_batches_equal(batch, sampler.batch(5 + i))
+
+
+def test_stream_with_more_workers_than_cores_adds_no_torch_warning(recwarn: pytest.WarningsRecorder) -> None:
+    """torch's several-line warning gives way to nn4n-train's one line (``train.data_workers``)."""
+    sampler, workers = TrialSampler(PDM, dt=20, batch_size=4, seed=0), _cores() + 1
+    for i, batch in enumerate(itertools.islice(batch_stream(sampler, num_workers=workers), workers + 1)):
+        assert_batches_equal(batch, sampler.batch(i))
+    assert [str(w.message) for w in recwarn if "DataLoader" in str(w.message)] == []
 
 
 USER_TASK = """

@@ -184,8 +184,9 @@ def test_trainer_sets_threads_and_matmul_precision(tmp_path: Path, caplog: pytes
         for monitor in trainer.monitors:
             monitor.close()
         caplog.clear()
-        trainer = Trainer(resolve_config([f"train.threads={cores + 1}"]), tmp_path / "more")
-        assert f"train.threads={cores + 1} is more than the {cores} core(s) this process may use" in caplog.text
+        trainer = Trainer(resolve_config([f"train.threads={cores + 1}", f"train.data_workers={cores + 1}"]), tmp_path / "more")
+        for key in ("train.threads", "train.data_workers"):
+            assert f"{key}={cores + 1} is more than the {cores} core(s) this process may use" in caplog.text
         for monitor in trainer.monitors:
             monitor.close()
     finally:

@@ -1,7 +1,6 @@
 """Training checkpoints: written atomically, read without unpickling arbitrary objects."""
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -9,7 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .devices import available_device
+from .files import atomic_write
+from .machine import available_device
 
 FORMAT = "nn4n.checkpoint/2"
 MODEL_FORMAT = "nn4n.CTRNN/1"
@@ -41,13 +41,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to a temporary file, flush it to disk, then rename over ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    """Write ``state`` as a training checkpoint, atomically."""
+    atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
 
 
 def load_nn4n_file(path: str | Path, fmt: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:

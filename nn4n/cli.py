@@ -17,12 +17,25 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import ConfigError, TrainingError, one_line, register_schema
+from .config import one_line, register_schema
+from .errors import ConfigError, TrainingError
 from .sweep import finished_metrics, sweep_job
 
 log = logging.getLogger("nn4n")
 _FULL_ERROR = "NN4N_FULL_ERROR"  # the user's own HYDRA_FULL_ERROR setting
 register_schema()
+
+
+def _direction(setting: str, task: DictConfig) -> str:
+    """``maximize`` or ``minimize``: how a sweeper (Optuna) optimises what the jobs return (``train.objective``)."""
+    from .config import TaskConfig
+    from .experiment import task_spec
+    from .metrics import objective
+
+    return objective(task_spec(TaskConfig(**OmegaConf.to_container(task, resolve=True))).kind, setting).direction
+
+
+OmegaConf.register_new_resolver("nn4n.direction", _direction)
 # configs/hydra/launcher/submitit_local.yaml spells out the plugin's config of the same name
 warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/submitit_local' is validated against ConfigStore schema")
 
@@ -87,7 +100,7 @@ def _discard(run_dir: Path) -> None:
 @hydra.main(version_base="1.3", config_path="pkg://nn4n_configs", config_name="config")
 @sweep_job  # in a sweep: error.txt in a failed job's directory, for nn4n-sweep-summary
 def _main(cfg: DictConfig) -> float:
-    from .train import restore_hydra_record  # torch and NeuroGym: imported once a job runs, not for --help
+    from .rundir import restore_hydra_record
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
@@ -99,11 +112,13 @@ def _main(cfg: DictConfig) -> float:
 
 def _run(cfg: DictConfig, run_dir: Path) -> float:
     """Check the config, train in ``run_dir`` and return the sweep's objective."""
-    from .train import resolve, train
+    from .experiment import resolve, run_objective, task_spec  # torch and NeuroGym: once a job runs, not for --help
+    from .train import train
 
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         config = resolve(cfg)
+        objective = run_objective(config, task_spec(config.task))
         _check_writable(run_dir)
         done = finished_metrics(run_dir, config) if sweeping else None  # a re-run sweep skips finished jobs
     except ConfigError as err:
@@ -113,11 +128,19 @@ def _run(cfg: DictConfig, run_dir: Path) -> float:
     try:
         metrics = done or train(config, run_dir)
     except (ConfigError, TrainingError) as err:
-        log.error("%s", err)  # into the run's log file too
+        _log_to_file(err)
         if isinstance(err, ConfigError) and not sweeping:
             _discard(run_dir)  # e.g. a device this machine lacks: nothing was trained
         _fail(err)
-    return metrics.get("accuracy", metrics.get("mse", float("nan")))
+    return objective.value(metrics)
+
+
+def _log_to_file(err: Exception) -> None:
+    """The error into the run's ``nn4n.log`` only: the terminal gets it once, from :func:`_fail`."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (err,), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def _fail(err: ConfigError | TrainingError) -> NoReturn:
@@ -128,7 +151,7 @@ def _fail(err: ConfigError | TrainingError) -> NoReturn:
     sys.exit(err.exit_code if isinstance(err, TrainingError) else 2)
 
 
-def describe(err: Exception) -> str:
+def one_line_error(err: Exception) -> str:
     """One line for any configuration or training error, Hydra's own included."""
     if isinstance(err, MissingConfigException) and err.missing_cfg_file and err.options:
         group, _, name = err.missing_cfg_file.rpartition("/")
@@ -156,7 +179,7 @@ def main() -> None:
     except (ConfigError, TrainingError, HydraException, OmegaConfBaseException) as err:
         if user_setting == "1":
             raise
-        print(f"nn4n-train: error: {describe(err)}", file=sys.stderr)
+        print(f"nn4n-train: error: {one_line_error(err)}", file=sys.stderr)
         sys.exit(getattr(err, "exit_code", 2))
     finally:
         os.environ.pop(_FULL_ERROR)

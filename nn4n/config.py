@@ -1,5 +1,5 @@
-"""Schemas of a training run, and its two errors. Every composed YAML config is checked against the
-schemas before anything runs.
+"""Schemas of a training run (the Hydra config's sections). Every composed YAML config is checked against
+the schemas before anything runs.
 
 The model schema is :class:`nn4n.structure.NetworkConfig` itself, so a network described in YAML and
 one built in Python go through the same checks.
@@ -14,35 +14,15 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .structure import NetworkConfig, check_seed
+from .errors import ConfigError
+from .recurrence import ENGINES
+from .regularizers import Regularizers
+from .structure import NetworkConfig
+from .validate import check, choice, integer, is_number, non_negative, positive, seed
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "step")
-ENGINE_CHOICES = ("auto", "reference", "fused", "triton")
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision
-
-
-class ConfigError(ValueError):
-    """A bad configuration value; the message is one line naming the key."""
-
-
-class TrainingError(RuntimeError):
-    """Training stopped (e.g. diverged); the message is one line, the last good checkpoint is kept."""
-
-    exit_code = 3
-
-
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ValueError(f"{key}: {message}")
-
-
-def _positive(value: float, key: str) -> None:
-    _check(value > 0, key, f"must be > 0, got {value!r}")
-
-
-def _choice(value: str, allowed: tuple[str, ...], key: str) -> None:
-    _check(value in allowed, key, f"must be one of {', '.join(allowed)}, got {value!r}")
 
 
 @dataclass
@@ -58,35 +38,8 @@ class TaskConfig:
     dirs: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        _positive(self.dt, "task.dt")
-        _check(self.decision_weight >= 0, "task.decision_weight", f"must be >= 0, got {self.decision_weight!r}")
-
-
-@dataclass
-class Regularizers:
-    """Weights of the regularization terms (0 = off); each term is logged as its own loss."""
-
-    rate_l1: float = 0.0
-    rate_l2: float = 0.0
-    rate_l1_area: dict[str, float] = field(default_factory=dict)
-    rate_l2_area: dict[str, float] = field(default_factory=dict)
-    rate_sd: float = 0.0
-    rate_cv: float = 0.0
-    rate_mean_abs_dev: float = 0.0
-    rate_max_abs_dev: float = 0.0
-    weight_l1: dict[str, float] = field(default_factory=dict)
-    weight_fro: dict[str, float] = field(default_factory=dict)
-    state_prediction: float = 0.0
-    entropy: float = 0.0
-
-    def __post_init__(self) -> None:
-        for key, value in vars(self).items():
-            for sub, weight in (value.items() if isinstance(value, dict) else [("", value)]):
-                name = f"train.reg.{key}" + (f".{sub}" if sub else "")
-                _check(weight >= 0, name, f"must be >= 0, got {weight!r}")
-        for key in ("weight_l1", "weight_fro"):
-            for matrix in getattr(self, key):
-                _choice(matrix, ("w_in", "w_rec", "w_out"), f"train.reg.{key}.{matrix}")
+        positive(self.dt, "task.dt")
+        non_negative(self.decision_weight, "task.decision_weight")
 
 
 @dataclass
@@ -109,22 +62,25 @@ class TrainConfig:
     retain_freed_memory: bool = True
     data_workers: str = "auto"  # or a count; see nn4n.train.loader_workers
     n_networks: int = 1
+    objective: str = "auto"  # the held-out metric for best.pt and sweeps; see nn4n.metrics.objective
     reg: Regularizers = field(default_factory=Regularizers)
 
     def __post_init__(self) -> None:
-        _choice(self.optimizer, OPTIMIZERS, "train.optimizer")
-        _choice(self.schedule, SCHEDULES, "train.schedule")
-        _choice(self.engine, ENGINE_CHOICES, "train.engine")
-        _choice(self.matmul_precision, MATMUL_PRECISIONS, "train.matmul_precision")
-        _check(re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device) is not None, "train.device",
-               f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
-        _positive(self.lr, "train.lr")
+        choice(self.optimizer, OPTIMIZERS, "train.optimizer")
+        choice(self.schedule, SCHEDULES, "train.schedule")
+        choice(self.engine, ("auto", *ENGINES), "train.engine")
+        choice(self.matmul_precision, MATMUL_PRECISIONS, "train.matmul_precision")
+        check(re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device) is not None, "train.device",
+              f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        positive(self.lr, "train.lr")
+        check(is_number(self.momentum) and 0 <= self.momentum < 1, "train.momentum",
+              f"must be in [0, 1), got {self.momentum!r}")
         for key in ("steps", "batch_size", "eval_every", "eval_trials", "checkpoint_every", "threads", "n_networks"):
-            _positive(getattr(self, key), f"train.{key}")
-        _check(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay!r}")
-        _check(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip!r}")
-        _check(self.data_workers == "auto" or self.data_workers.isdigit(), "train.data_workers",
-               f"must be auto or a number >= 0, got {self.data_workers!r}")
+            integer(getattr(self, key), f"train.{key}")
+        non_negative(self.weight_decay, "train.weight_decay")
+        non_negative(self.grad_clip, "train.grad_clip", "0 = off")
+        check(self.data_workers == "auto" or self.data_workers.isdigit(), "train.data_workers",
+              f"must be auto or a number >= 0, got {self.data_workers!r}")
 
 
 @dataclass
@@ -138,8 +94,8 @@ class LoggingConfig:
 
     def __post_init__(self) -> None:
         for key in ("scalars_every", "histograms_every", "figures_every"):
-            _check(getattr(self, key) >= 0, f"logging.{key}", f"must be >= 0 (0 = off), got {getattr(self, key)!r}")
-        _choice(self.progress, ("auto", "bar", "lines"), "logging.progress")
+            non_negative(getattr(self, key), f"logging.{key}", "0 = off")
+        choice(self.progress, ("auto", "bar", "lines"), "logging.progress")
 
 
 @dataclass
@@ -152,10 +108,10 @@ class Config:
     name: str = "run"
 
     def __post_init__(self) -> None:
-        check_seed(self.seed, "seed")
+        seed(self.seed, "seed")
         for key in ("rate_l1_area", "rate_l2_area"):
             for area in getattr(self.train.reg, key):
-                _check(area in self.model.areas, f"train.reg.{key}.{area}",
+                check(area in self.model.areas, f"train.reg.{key}.{area}",
                        f"unknown area {area!r}; areas: {', '.join(self.model.areas)}")
 
 
@@ -221,8 +177,9 @@ def _reject_added_fields(node: DictConfig, path: str = "") -> None:
             _reject_added_fields(value, f"{path}{key}.")
 
 
-def to_config(cfg: DictConfig) -> Config:
-    """Instantiate the dataclasses, running every value check; errors are prefixed with their section."""
+def to_config(cfg: DictConfig) -> Any:
+    """Instantiate the dataclasses of ``cfg`` (the whole config, or a section of it such as ``cfg.task``),
+    running every value check; errors are one-line ConfigErrors prefixed with their section."""
     try:
         return OmegaConf.to_object(cfg)  # type: ignore[return-value]
     except OmegaConfBaseException as err:

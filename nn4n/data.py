@@ -19,7 +19,7 @@ import torch
 from neurogym.core import TrialEnv
 from torch.utils.data import DataLoader, Dataset
 
-from nn4n.tasks import TaskSpec, describe, make_task
+from .tasks import TaskKind, TaskSpec, make_task, task_spec
 
 _TENSORS = ("inputs", "targets", "mask", "decision", "lengths")
 
@@ -72,7 +72,8 @@ def _batch_from_arrays(
     return TrialBatch(**{f: torch.from_numpy(a) for f, a in arrays.items()}, conditions=conditions, epochs=epochs)
 
 
-def _is_number(value: Any) -> bool:
+def _is_condition(value: Any) -> bool:
+    """Trial info kept as a per-trial condition: a number or a flag (Python's or numpy's)."""
     return isinstance(value, int | float | bool | np.number | np.bool_)
 
 
@@ -116,7 +117,7 @@ class TrialSampler:
     @property
     def spec(self) -> TaskSpec:
         if self._spec is None:
-            self._spec = describe(self.env, self.decision_period)
+            self._spec = task_spec(self.env, self.decision_period)
         return self._spec
 
     def _reset(self, index: int) -> TrialEnv:
@@ -144,7 +145,7 @@ class TrialSampler:
         lengths = np.array([len(ob) for ob in obs], dtype=np.int64)
         n_batch, n_steps = self.batch_size, int(lengths.max())
         inputs = np.zeros((n_batch, n_steps, spec.n_inputs), dtype=np.float32)
-        if spec.kind == "classification":
+        if spec.kind is TaskKind.CLASSIFICATION:
             targets = np.zeros((n_batch, n_steps), dtype=np.int64)
         else:
             targets = np.zeros((n_batch, n_steps, spec.n_outputs), dtype=np.float32)
@@ -161,7 +162,7 @@ class TrialSampler:
                 decision[b, start:end] = True
         mask = (np.arange(n_steps) < lengths[:, None]).astype(np.float32)
         mask[decision] = self.decision_weight
-        keys = [k for k in infos[0] if all(_is_number(info.get(k)) for info in infos)]
+        keys = [k for k in infos[0] if all(_is_condition(info.get(k)) for info in infos)]
         return TrialBatch(
             inputs=torch.from_numpy(inputs),
             targets=torch.from_numpy(targets),

@@ -7,26 +7,16 @@ import numpy as np
 import torch
 
 from .data import TrialBatch
-from .metrics import choices, decision_accuracy, decision_targets, explained_variance, masked_mse, task_loss
 from .ensemble import Ensemble
+from .files import atomic_write
+from .metrics import choices, decision_targets, scores
 from .model import CTRNN, Activity
-from .tasks import TaskSpec
-
-
-def scores(outputs: torch.Tensor, batch: TrialBatch, kind: str) -> dict[str, float]:
-    """``loss`` and ``accuracy`` (classification) or ``mse`` and ``r2`` (regression) of one network's outputs."""
-    metrics = {"loss": task_loss(outputs, batch, kind).item()}
-    if kind == "classification":
-        metrics["accuracy"] = decision_accuracy(outputs, batch)
-    else:
-        metrics["mse"] = masked_mse(outputs, batch)
-        metrics["r2"] = explained_variance(outputs, batch)
-    return metrics
+from .tasks import TaskKind, TaskSpec
 
 
 @torch.no_grad()
-def evaluate(model: CTRNN, batch: TrialBatch, kind: str, noise: bool = False) -> tuple[dict[str, float], torch.Tensor, Activity]:
-    """Run held-out trials, without the network's noise unless ``noise``; metrics as in :func:`scores`."""
+def evaluate(model: CTRNN, batch: TrialBatch, kind: TaskKind, noise: bool = False) -> tuple[dict[str, float], torch.Tensor, Activity]:
+    """Run held-out trials, without the network's noise unless ``noise``; metrics as in :func:`nn4n.metrics.scores`."""
     was_training = model.training
     model.eval()
     outputs, activity = model(batch.inputs, noise=noise)
@@ -35,7 +25,7 @@ def evaluate(model: CTRNN, batch: TrialBatch, kind: str, noise: bool = False) ->
 
 
 @torch.no_grad()
-def evaluate_ensemble(ensemble: Ensemble, batch: TrialBatch, kind: str) -> list[tuple[dict[str, float], torch.Tensor, Activity]]:
+def evaluate_ensemble(ensemble: Ensemble, batch: TrialBatch, kind: TaskKind) -> list[tuple[dict[str, float], torch.Tensor, Activity]]:
     """:func:`evaluate` for every network of ``ensemble`` on the same held-out trials, in one batched run."""
     was_training = ensemble.training
     ensemble.eval()
@@ -49,6 +39,7 @@ def activity_record(model: CTRNN, batch: TrialBatch, outputs: torch.Tensor, acti
     st = model.structure
     weights = {name: w.cpu().numpy() for name, w in model.weights().items()}
     record = {
+        "kind": np.array(spec.kind.value),
         "rates": activity.rates.cpu().numpy(),
         "inputs": batch.inputs.cpu().numpy(),
         "outputs": outputs.cpu().numpy(),
@@ -66,14 +57,12 @@ def activity_record(model: CTRNN, batch: TrialBatch, outputs: torch.Tensor, acti
         **{f"cond_{k}": v for k, v in batch.conditions.items()},
         **{f"epoch_{k}": v for k, v in batch.epochs.items()},
     }
-    if spec.kind == "classification":
+    if spec.kind is TaskKind.CLASSIFICATION:
         record["choice"] = choices(outputs, batch).cpu().numpy()
         record["target_choice"] = decision_targets(batch).cpu().numpy()
     return record
 
 
 def save_activity(path: Path, record: dict[str, np.ndarray]) -> None:
-    """Write ``record`` as a compressed ``.npz`` atomically."""
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **record)
-    tmp.replace(path)
+    """Write ``record`` as a compressed ``.npz``, atomically."""
+    atomic_write(path, lambda f: np.savez_compressed(f, **record))

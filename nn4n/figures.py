@@ -1,6 +1,6 @@
 """Figures for studying a trained network's activity record.
 
-Every plotting function takes the activity dict (see :func:`load_activity`) and
+Every plotting function takes an activity record (see :func:`load_activity`) and
 returns a :class:`matplotlib.figure.Figure` built without pyplot, so it works
 under any backend (Agg included) and leaves pyplot's figure registry untouched.
 """
@@ -14,29 +14,32 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-Activity = dict[str, np.ndarray]
+Record = dict[str, np.ndarray]  # an activity record: activity.npz, or activity_from_run's result
 
 
-def load_activity(path: str | PathLike) -> Activity:
+def load_activity(path: str | PathLike) -> Record:
     """Load an activity record saved as ``.npz`` into a plain dict."""
     with np.load(path, allow_pickle=False) as f:
         return {k: f[k] for k in f.files}
 
 
 def peak_order(rates_2d: np.ndarray) -> np.ndarray:
-    """Neuron indices of a (time, neurons) array sorted by time of peak rate (stable)."""
-    return np.argsort(np.argmax(rates_2d, axis=0), kind="stable")
+    """Neuron indices of a (time, neurons) array sorted by time of peak rate (stable); neurons whose rate
+    never changes (silent ones among them) come last."""
+    peak = np.argmax(rates_2d, axis=0)
+    flat = np.ptp(rates_2d, axis=0) == 0
+    return np.lexsort((peak, flat))
 
 
-def _dt(act: Activity) -> float:
+def _dt(act: Record) -> float:
     return float(act["dt"]) if "dt" in act else 1.0
 
 
-def _length(act: Activity, trial: int) -> int:
+def _length(act: Record, trial: int) -> int:
     return int(act["lengths"][trial]) if "lengths" in act else act["rates"].shape[1]
 
 
-def _valid(act: Activity) -> np.ndarray:
+def _valid(act: Record) -> np.ndarray:
     """Boolean (trials, time): steps inside the trial (t < length) or with mask > 0."""
     n_trials, n_time = act["rates"].shape[:2]
     valid = np.zeros((n_trials, n_time), bool)
@@ -49,11 +52,12 @@ def _valid(act: Activity) -> np.ndarray:
     return valid
 
 
-def _is_classification(act: Activity) -> bool:
-    return np.asarray(act["targets"]).ndim == 2
+def _is_classification(act: Record) -> bool:
+    """The record's task kind, as the trainer wrote it (``kind``: classification or regression)."""
+    return str(act["kind"]) == "classification"
 
 
-def _areas(act: Activity) -> list[tuple[str, np.ndarray]]:
+def _areas(act: Record) -> list[tuple[str, np.ndarray]]:
     """(name, neuron indices) per area in index order; a single 'all' group without area info."""
     n = act["rates"].shape[-1]
     if "area" not in act:
@@ -63,13 +67,13 @@ def _areas(act: Activity) -> list[tuple[str, np.ndarray]]:
     return [(str(a), np.flatnonzero(area == a)) for a in names]
 
 
-def _epochs(act: Activity, trial: int, length: int) -> list[tuple[str, int, int]]:
+def _epochs(act: Record, trial: int, length: int) -> list[tuple[str, int, int]]:
     """(name, start, end) of each task epoch of a trial, clipped to its length, by start."""
     out = []
     for key in act:
         if key.startswith("epoch_"):
             start, end = (int(v) for v in act[key][trial])
-            if start < length:
+            if start < min(end, length):  # periods of zero length (absent in this trial) are not drawn
                 out.append((key[len("epoch_"):], start, min(end, length)))
     return sorted(out, key=lambda e: e[1])
 
@@ -86,7 +90,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def activity_heatmap(act: Activity, trial: int = 0) -> Figure:
+def activity_heatmap(act: Record, trial: int = 0) -> Figure:
     """Rates of one trial, one panel per area, neurons sorted by peak time; epochs marked."""
     length, dt = _length(act, trial), _dt(act)
     rates = np.asarray(act["rates"][trial, :length])
@@ -111,7 +115,7 @@ def activity_heatmap(act: Activity, trial: int = 0) -> Figure:
     return fig
 
 
-def connectivity_matrix(act: Activity) -> Figure:
+def connectivity_matrix(act: Record) -> Figure:
     """Recurrent weights (post × pre) with area (thick) and E/I (thin) boundaries."""
     w = np.asarray(act["w_rec"])
     lim = float(np.abs(w).max()) or 1.0
@@ -138,7 +142,7 @@ def connectivity_matrix(act: Activity) -> Figure:
     return fig
 
 
-def pca_trajectories(act: Activity, color_by: str | None = None, max_trials: int = 64) -> Figure:
+def pca_trajectories(act: Record, color_by: str | None = None, max_trials: int = 64) -> Figure:
     """PC1–PC2 trajectories (PCA, eigendecomposition of the covariance over all valid steps of all trials) of up to ``max_trials`` trials,
     coloured by a condition (``cond_<color_by>``; by default the ground truth where the task has one); starts marked."""
     conditions = [k.removeprefix("cond_") for k in act if k.startswith("cond_")]
@@ -158,33 +162,32 @@ def pca_trajectories(act: Activity, color_by: str | None = None, max_trials: int
                for j, v in enumerate(values.tolist())}
     fig = Figure(figsize=(6, 5), layout="constrained")
     ax = fig.subplots()
-    labelled, starts, start_colours = set(), [], []
+    lines, starts, start_colours = {}, [], []  # one line per condition value, for the legend
     for i in range(min(len(rates), max_trials)):
         pcs = (rates[i][valid[i]] - mean) @ vt[:2].T
         if not len(pcs):
             continue
         key = cond[i].item() if cond is not None else None
-        label = f"{color_by}={key}" if cond is not None and key not in labelled else None
-        labelled.add(key)
-        ax.plot(pcs[:, 0], pcs[:, 1], color=colours[key], lw=1, alpha=0.8, label=label)
+        lines[key], = ax.plot(pcs[:, 0], pcs[:, 1], color=colours[key], lw=1, alpha=0.8)
         starts.append(pcs[0])
         start_colours.append(colours[key])
     if starts:
         ax.scatter(*np.array(starts).T, c=start_colours, marker="o", s=15, zorder=3)
-    if cond is not None:
-        ax.legend(fontsize=8)
+    if cond is not None:  # in the order of the values (numeric), not of the trials
+        shown = [v for v in values.tolist() if v in lines]
+        ax.legend([lines[v] for v in shown], [f"{color_by}={v}" for v in shown], fontsize=8)
     ax.set_xlabel("PC1")
     ax.set_ylabel("PC2")
     ax.set_title(f"PC1 {100 * var[0]:.1f}% · PC2 {100 * var[1]:.1f}% variance (o = start)")
     return fig
 
 
-def _labels(act: Activity, key: str, unnamed: str, n: int) -> list[str]:
+def _labels(act: Record, key: str, unnamed: str, n: int) -> list[str]:
     """The task's channel names the record carries (``input_labels``, ``output_labels``), else ``<unnamed> k``."""
     return [str(label) for label in act[key]] if key in act else [f"{unnamed} {k}" for k in range(n)]
 
 
-def trial_io(act: Activity, trial: int = 0) -> Figure:
+def trial_io(act: Record, trial: int = 0) -> Figure:
     """Inputs, targets and outputs (softmax probabilities for classification) of one trial."""
     length, dt = _length(act, trial), _dt(act)
     t = np.arange(length) * dt
@@ -195,25 +198,26 @@ def trial_io(act: Activity, trial: int = 0) -> Figure:
     ax_in, ax_tgt, ax_out = fig.subplots(3, 1, sharex=True)
     for k, label in enumerate(_labels(act, "input_labels", "in", inputs.shape[-1])):
         ax_in.plot(t, inputs[:, k], lw=1, label=label)
-    if _is_classification(act):
-        ax_tgt.step(t, targets, where="post", color="k")
-        ax_tgt.set_ylabel("target class")
+    if _is_classification(act):  # the target class as a one-hot trace per class, beside p(class)
         probs = _softmax(outputs)
         for k, label in enumerate(_labels(act, "output_labels", "class", probs.shape[-1])):
-            ax_out.plot(t, probs[:, k], lw=1.2, label=label)
+            ax_tgt.step(t, targets == k, where="post", lw=1.2, color=f"C{k}", label=label)
+            ax_out.plot(t, probs[:, k], lw=1.2, color=f"C{k}", label=label)
+        ax_tgt.set_ylabel("target (1 = this class)")
         ax_out.set_ylabel("p(class)")
-        ax_out.set_ylim(-0.05, 1.05)
+        for ax in (ax_tgt, ax_out):
+            ax.set_ylim(-0.05, 1.05)
     else:
         for k, label in enumerate(_labels(act, "output_labels", "out", outputs.shape[-1])):
-            ax_tgt.plot(t, targets[:, k], lw=1, color=f"C{k}")
+            ax_tgt.plot(t, targets[:, k], lw=1, color=f"C{k}", label=label)
             ax_out.plot(t, outputs[:, k], lw=1.2, color=f"C{k}", label=label)
             ax_out.plot(t, targets[:, k], lw=1, ls="--", color=f"C{k}")
         ax_tgt.set_ylabel("target")
         ax_out.set_ylabel("output (-- target)")
     ax_in.set_ylabel("input")
-    for ax in (ax_in, ax_out):
-        if len(ax.get_lines()) <= 8:
-            ax.legend(fontsize=7, loc="upper left")
+    for ax in (ax_in, ax_out):  # beside the axes, where no trace hides under it
+        if len(ax.get_lines()) <= 12:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     epochs = _epochs(act, trial, length)
     for i, (_, start, end) in enumerate(epochs):
         for ax in (ax_in, ax_tgt, ax_out):
@@ -235,7 +239,7 @@ def _logistic_fit(x: np.ndarray, y: np.ndarray, ridge: float = 1e-3) -> np.ndarr
     return beta
 
 
-def psychometric_curve(act: Activity, strength: str = "coh") -> Figure | None:
+def psychometric_curve(act: Record, strength: str = "coh") -> Figure | None:
     """Fraction of trials choosing class 2 vs signed strength (negative when the correct choice is class 1);
     the axes name the classes by the record's ``output_labels``.
 
@@ -269,7 +273,7 @@ def psychometric_curve(act: Activity, strength: str = "coh") -> Figure | None:
     return fig
 
 
-def all_figures(act: Activity) -> dict[str, Figure]:
+def all_figures(act: Record) -> dict[str, Figure]:
     """All standard figures by name; 'psychometric' only when applicable."""
     figs = {"activity": activity_heatmap(act), "connectivity": connectivity_matrix(act),
             "pca": pca_trajectories(act), "trial_io": trial_io(act)}

@@ -1,24 +1,73 @@
-"""Loss and task performance on TrialBatches (torch, any device)."""
+"""Loss, task performance and the run's objective on TrialBatches (torch, any device)."""
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 
-from nn4n.data import TrialBatch
+from .data import TrialBatch
+from .tasks import TaskKind
 
 
-def task_loss(outputs: torch.Tensor, batch: TrialBatch, kind: str) -> torch.Tensor:
-    """Mask-weighted mean per-step loss: cross-entropy of logits (B, T, C) for
-    "classification", squared error averaged over output dims for "regression"."""
-    if kind == "classification":
+def task_loss(outputs: torch.Tensor, batch: TrialBatch, kind: TaskKind) -> torch.Tensor:
+    """Mask-weighted mean per-step loss: cross-entropy of logits (B, T, C) for classification, squared
+    error averaged over output dims for regression."""
+    if kind is TaskKind.CLASSIFICATION:
         per_step = F.cross_entropy(outputs.flatten(0, 1), batch.targets.flatten(), reduction="none")
         per_step = per_step.view_as(batch.mask)
-    elif kind == "regression":
-        per_step = (outputs - batch.targets).square().mean(-1)
     else:
-        raise ValueError(f"task.kind: unknown kind '{kind}'; allowed: classification, regression")
+        per_step = (outputs - batch.targets).square().mean(-1)
     return (per_step * batch.mask).sum() / batch.mask.sum()
+
+
+def scores(outputs: torch.Tensor, batch: TrialBatch, kind: TaskKind) -> dict[str, float]:
+    """``loss`` and ``accuracy`` (classification) or ``mse`` and ``r2`` (regression) of one network's outputs."""
+    metrics = {"loss": task_loss(outputs, batch, kind).item()}
+    if kind is TaskKind.CLASSIFICATION:
+        metrics["accuracy"] = decision_accuracy(outputs, batch)
+    else:
+        metrics["mse"] = masked_mse(outputs, batch)
+        metrics["r2"] = explained_variance(outputs, batch)
+    return metrics
+
+
+OBJECTIVES = {"accuracy": True, "r2": True, "mse": False, "loss": False}  # metric -> higher is better
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A run's primary held-out metric: what its best checkpoint keeps, its last line reports, and a sweep
+    (Optuna included) optimises."""
+
+    metric: str
+    maximize: bool
+
+    @property
+    def direction(self) -> str:
+        return "maximize" if self.maximize else "minimize"
+
+    def value(self, metrics: Mapping[str, float]) -> float:
+        return float(metrics.get(self.metric, math.nan))
+
+    def score(self, metrics: Mapping[str, float]) -> float:
+        """The value signed so that higher is better (``-mse``); -inf where it is missing or not a number."""
+        value = self.value(metrics)
+        return -math.inf if math.isnan(value) else value if self.maximize else -value
+
+
+def objective(kind: TaskKind, setting: str = "auto") -> Objective:
+    """The objective ``train.objective`` names: ``auto`` is accuracy for classification, MSE for regression.
+    A metric the task does not report raises a one-line ValueError."""
+    metric = setting if setting != "auto" else "accuracy" if kind is TaskKind.CLASSIFICATION else "mse"
+    reported = ("loss", "accuracy") if kind is TaskKind.CLASSIFICATION else ("loss", "mse", "r2")  # as scores()
+    if metric not in reported:
+        raise ValueError(f"train.objective: {metric} is not reported for {kind.value} tasks; choose one of "
+                         f"auto, {', '.join(reported)}")
+    return Objective(metric, OBJECTIVES[metric])
 
 
 def choices(outputs: torch.Tensor, batch: TrialBatch) -> torch.Tensor:

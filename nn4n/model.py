@@ -18,12 +18,14 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 from torch.nn.utils import parametrize
 from torch.utils.hooks import RemovableHandle
 
+from . import recurrence
 from .checkpoint import MODEL_FORMAT, load_nn4n_file
-from .engines import ENGINES, _mm, time_major
+from .files import atomic_write
+from .linear import linear
+from .recurrence.step import time_major
 from .structure import NetworkConfig, Structure
 
 TAU_MARGIN = 1e-3  # a learned tau stays >= dt * (1 + TAU_MARGIN): dt/tau < 1 even in float32
@@ -67,51 +69,6 @@ class Weights:
         """K networks' weights as one, each field with a leading dimension K."""
         fields = {f.name: [getattr(w, f.name) for w in networks] for f in dataclasses.fields(cls)}
         return cls(**{name: None if parts[0] is None else torch.stack(parts) for name, parts in fields.items()})
-
-
-def _narrow_first(narrow: torch.Tensor, wide: torch.Tensor) -> torch.Tensor:
-    """``narrow^T wide`` for ``narrow`` (.., M, k) with few columns; fewer than 4 are padded with zeros to 4:
-    CPU BLAS runs ``(k, M) @ (M, N)`` for k = 2, 3 about half as fast as for k = 4 once N >= 256."""
-    k = narrow.shape[-1]
-    if k < 4:
-        narrow = torch.cat([narrow, narrow.new_zeros(*narrow.shape[:-1], 4 - k)], -1)
-    return (narrow.mT @ wide)[..., :k, :]
-
-
-class _Linear(torch.autograd.Function):
-    """``x W^T + b`` for one network, ``x`` (M, in), ``w`` (out, in), or K stacked: ``x`` (K, M, in), ``w`` (K, out, in).
-
-    The weight gradient puts the narrow side of ``w`` first: CPU BLAS runs ``(3, M) @ (M, N)`` several
-    times faster than ``(N, M) @ (M, 3)``, and autograd's ``bmm`` backward would pick the slow one for
-    the readout (and its ``mm`` backward, for the input weights, unless they are stored column-major).
-    Where the inputs are the narrow side, the bias gradient is one more column of that product (of ones).
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x, w)
-        return x @ w.mT if b is None else _mm(b.unsqueeze(-2), x, w.mT)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        x, w = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad
-        g_w = g_b = None
-        if w.shape[-2] <= w.shape[-1]:  # few outputs (the readout)
-            g_w = _narrow_first(g, x) if need_w else None
-            g_b = g.sum(-2) if need_b else None
-        elif need_w or need_b:  # few inputs
-            both = _narrow_first(torch.cat([x, x.new_ones(*x.shape[:-1], 1)], -1) if need_b else x, g)
-            g_w = both[..., : x.shape[-1], :].mT if need_w else None
-            g_b = both[..., -1, :] if need_b else None
-        return g @ w if need_x else None, g_w, g_b
-
-
-def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """``x W^T + b`` over the last dimension; with a stacked ``w`` (K, out, in), ``x`` is (K, ..., in)."""
-    flat = x.reshape(-1, x.shape[-1]) if w.dim() == 2 else x.reshape(x.shape[0], -1, x.shape[-1])
-    return _Linear.apply(flat, w, b).view(*x.shape[:-1], w.shape[-2])
 
 
 def _check_inputs(inputs: torch.Tensor, h0: torch.Tensor | None, w: Weights, n_features: int) -> None:
@@ -173,9 +130,7 @@ class CTRNN(nn.Module):
         super().__init__()
         if not isinstance(config, NetworkConfig):
             config = NetworkConfig.from_dict(config)
-        if engine not in ENGINES:
-            hint = " (the triton engine needs the triton package)" if engine == "triton" else ""
-            raise ValueError(f"engine: unknown engine {engine!r}; engines here: {', '.join(ENGINES)}{hint}")
+        self._run_engine = recurrence.engine(engine)
         self.config, self.engine = config, engine
         self._plasticity_of: dict[int, object] = {}  # id(optimizer) -> the apply_plasticity call in force
         self.structure = st = Structure(config)
@@ -323,21 +278,21 @@ class CTRNN(nn.Module):
         noisy = self.training if noise is None else noise
         alpha = _per_neuron(w.alpha)
         u = time_major(inputs)  # the drive is made time-major: each step of the loop is one contiguous block
-        drive = _linear(u, w.w_in, w.b_rec)
+        drive = linear(u, w.w_in, w.b_rec)
         # Both noises are white in continuous time, discretised so that their effect on v does not
         # change with dt: a * (drive + sqrt(2/a) sigma xi) = a * drive + sqrt(2a) sigma xi.
         # Input noise is on the input features (shared by every neuron that receives a feature),
         # as in Song et al. 2016 (u + sqrt(2/a) sigma_in xi), with each neuron's own a.
         if noisy and self.config.noise.input > 0:
-            shared = _linear(torch.randn_like(u) * self.config.noise.input, w.w_in, None)
+            shared = linear(torch.randn_like(u) * self.config.noise.input, w.w_in, None)
             drive = torch.addcmul(drive, shared, torch.sqrt(2.0 / alpha))
         if noisy and self._rec_noise:
             drive = torch.addcmul(drive, torch.randn_like(drive), _per_neuron(w.noise_std) * torch.sqrt(2.0 / alpha))
         if h0 is None:
             rest = w.h0 if w.h0 is not None else drive.new_zeros(w.alpha.shape)
             h0 = rest.unsqueeze(-2).expand(*rest.shape[:-1], inputs.shape[-3], -1)
-        rates, preact = ENGINES[self.engine](time_major(drive), h0, w.w_rec, w.alpha, self.config.activation, return_preact)
-        return time_major(_linear(time_major(rates), w.w_out, w.b_out)), rates, preact
+        rates, preact = self._run_engine(time_major(drive), h0, w.w_rec, w.alpha, self.config.activation, return_preact)
+        return time_major(linear(time_major(rates), w.w_out, w.b_out)), rates, preact
 
     # ----------------------------------------------------------------------------- files
     def __reduce__(self) -> tuple[Any, ...]:
@@ -348,10 +303,8 @@ class CTRNN(nn.Module):
 
     def save(self, path: str | Path) -> None:
         """Write config and weights to ``path`` (atomically: temporary file, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"format": MODEL_FORMAT, "config": self.config.to_dict(), "state_dict": self.state_dict()}, tmp)
-        tmp.replace(path)
+        blob = {"format": MODEL_FORMAT, "config": self.config.to_dict(), "state_dict": self.state_dict()}
+        atomic_write(Path(path), lambda f: torch.save(blob, f))
 
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu", engine: str = "reference") -> CTRNN:

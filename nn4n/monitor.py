@@ -80,18 +80,20 @@ class Monitor:
     def text(self, tag: str, text: str) -> None:
         self.writer.add_text(tag, text)
 
-    def hparams(self, step: int, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
-        """Write the HParams session, with the metrics at ``step`` (the last one trained), as this run's
-        sub-run ``hparams/``, replacing an earlier one: TensorBoard keeps the first session record of a
-        run, so a run trained further would otherwise show the ``train.steps`` it first finished with."""
+    def hparams(self, step: int, params: Mapping[str, Any], scores: Mapping[str, float]) -> None:
+        """Write the HParams session, with the held-out ``scores`` at ``step`` (the last one trained), as this
+        run's sub-run ``hparams/``, replacing an earlier one: TensorBoard keeps the first session record of a
+        run, so a run trained further would otherwise show the ``train.steps`` it first finished with. The
+        scores are tagged as the evaluations are (``eval/accuracy``): in the Scalars tab they are the last
+        point of those curves, not charts of their own."""
         clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
         run = self.log_dir / HPARAMS_RUN
         shutil.rmtree(run, ignore_errors=True)
         with SummaryWriter(str(run)) as writer:
-            for summary in hparams(clean, {f"hparam/{k}": v for k, v in metrics.items()}):
+            for summary in hparams(clean, {f"eval/{k}": v for k, v in scores.items()}):
                 writer.file_writer.add_summary(summary, step)
-            for key, value in metrics.items():
-                writer.add_scalar(f"hparam/{key}", value, step)
+            for key, value in scores.items():
+                writer.add_scalar(f"eval/{key}", value, step)
 
     def close(self) -> None:
         self.writer.close()

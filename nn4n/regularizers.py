@@ -2,11 +2,43 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+from .validate import choice, non_negative
 
-from .config import Regularizers
-from .model import Activity, CTRNN
+if TYPE_CHECKING:  # the schema above is read by config checks, before torch loads
+    import torch
+
+    from .model import CTRNN, Activity
+
+MATRICES = ("w_in", "w_rec", "w_out")
+
+
+@dataclass
+class Regularizers:
+    """Weights of the regularization terms (``train.reg``; 0 = off); each term is logged as its own loss."""
+
+    rate_l1: float = 0.0
+    rate_l2: float = 0.0
+    rate_l1_area: dict[str, float] = field(default_factory=dict)
+    rate_l2_area: dict[str, float] = field(default_factory=dict)
+    rate_sd: float = 0.0
+    rate_cv: float = 0.0
+    rate_mean_abs_dev: float = 0.0
+    rate_max_abs_dev: float = 0.0
+    weight_l1: dict[str, float] = field(default_factory=dict)
+    weight_fro: dict[str, float] = field(default_factory=dict)
+    state_prediction: float = 0.0
+    entropy: float = 0.0
+
+    def __post_init__(self) -> None:
+        for key, value in vars(self).items():
+            for sub, weight in (value.items() if isinstance(value, dict) else [("", value)]):
+                non_negative(weight, f"train.reg.{key}" + (f".{sub}" if sub else ""))
+        for key in ("weight_l1", "weight_fro"):
+            for matrix in getattr(self, key):
+                choice(matrix, MATRICES, f"train.reg.{key}.{matrix}")
 
 
 def _masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -58,5 +90,5 @@ def regularization(reg: Regularizers, model: CTRNN, activity: Activity, valid: t
         mask = model.parametrizations[name][0].mask
         terms[f"weight_l1/{name}"] = weight * w.abs().sum() / mask.sum().clamp_min(1)
     for name, weight in reg.weight_fro.items():
-        terms[f"weight_fro/{name}"] = weight * torch.linalg.matrix_norm(getattr(model, name))
+        terms[f"weight_fro/{name}"] = weight * getattr(model, name).norm()
     return terms

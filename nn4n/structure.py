@@ -13,7 +13,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-ACTIVATIONS = ("relu", "tanh", "softplus", "sigmoid", "retanh")
+from .recurrence import ACTIVATIONS
+from .validate import check, choice, fraction, integer, is_number, non_negative, number, positive, seed, unit
+
 INIT_DISTRIBUTIONS = ("normal", "uniform", "gamma")
 PROJECTING = ("all", "excitatory")
 POPULATIONS = {"E": 1, "excitatory": 1, "I": -1, "inhibitory": -1}  # population name -> neuron sign
@@ -127,7 +129,7 @@ class NetworkConfig:
             setattr(self, key, value if isinstance(value, part) else _from_dict(part, value, f"{key}."))
         for key, item in _ITEMS.items():
             entries = getattr(self, key)
-            _check(isinstance(entries, Mapping), key, f"must be a mapping of names, got {entries!r}")
+            check(isinstance(entries, Mapping), key, f"must be a mapping of names, got {entries!r}")
             setattr(self, key, {name: v if isinstance(v, item) else _from_dict(item, v or {}, f"{key}.{name}.")
                                 for name, v in entries.items()})
         _validate(self)
@@ -147,128 +149,91 @@ _ITEMS: dict[str, type] = {"areas": Area, "input_groups": InputGroup}
 
 def _from_dict(cls: type, values: Any, path: str) -> Any:
     """Dataclass ``cls`` from a dict of its fields; anything else, or an unknown key, raises ``ValueError``."""
-    _check(isinstance(values, Mapping), path.rstrip(".") or cls.__name__, f"must be a mapping, got {values!r}")
+    check(isinstance(values, Mapping), path.rstrip(".") or cls.__name__, f"must be a mapping, got {values!r}")
     allowed = [f.name for f in dataclasses.fields(cls)]
     for key in values:
-        _check(key in allowed, f"{path}{key}", f"unknown key; allowed: {', '.join(allowed)}")
+        check(key in allowed, f"{path}{key}", f"unknown key; allowed: {', '.join(allowed)}")
     return cls(**values)
 
 
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ValueError(f"{key}: {message}")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _number(value: Any, key: str) -> None:
-    """A real number (YAML 1.1 reads ``1e2`` as a string: say so instead of a TypeError later)."""
-    _check(_is_number(value), key, f"must be a number, got {value!r}")
-
-
-def _integer(value: Any, key: str) -> None:
-    _check(isinstance(value, int) and not isinstance(value, bool) and value > 0, key, f"must be an integer > 0, got {value!r}")
-
-
-def check_seed(value: Any, key: str) -> None:
-    """A seed numpy and torch both take: an integer in [0, 2**32)."""
-    _check(isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32, key,
-           f"must be an integer in [0, 2**32), got {value!r}")
-
-
-def _unit(value: Any, key: str) -> None:
-    _check(_is_number(value) and 0.0 <= value <= 1.0, key, f"must be in [0, 1], got {value!r}")
-
-
-def _fraction(value: Any, key: str) -> None:
-    _check(_is_number(value) and 0.0 < value <= 1.0, key, f"must be in (0, 1], got {value!r}")
-
-
 def _time_constant(value: Any, dt: float, key: str) -> None:
-    _number(value, key)
-    _check(value >= dt, key, f"must be >= dt={dt} so that dt/tau <= 1, got {value!r}")
+    number(value, key)
+    check(value >= dt, key, f"must be >= dt={dt} so that dt/tau <= 1, got {value!r}")
 
 
 def _time_range(value: Any, dt: float, key: str) -> None:
     """``[low, high]`` with ``dt <= low <= high``."""
-    ok = isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2 and all(map(_is_number, value))
-    _check(ok and dt <= value[0] <= value[1], key, f"must be [low, high] with dt={dt} <= low <= high, got {value!r}")
+    ok = isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2 and all(map(is_number, value))
+    check(ok and dt <= value[0] <= value[1], key, f"must be [low, high] with dt={dt} <= low <= high, got {value!r}")
 
 
 def _validate(cfg: NetworkConfig) -> None:
     """Check every value, naming the offending key; nothing is built from a bad config."""
-    _check(isinstance(cfg.areas, Mapping) and len(cfg.areas) > 0, "areas", "at least one area is required")
+    check(isinstance(cfg.areas, Mapping) and len(cfg.areas) > 0, "areas", "at least one area is required")
     names = list(cfg.areas)
 
     def known(area: Any, key: str) -> None:
-        _check(area in cfg.areas, key, f"unknown area {area!r}; areas: {', '.join(names)}")
+        check(area in cfg.areas, key, f"unknown area {area!r}; areas: {', '.join(names)}")
 
-    _number(cfg.dt, "dt")
-    _check(cfg.dt > 0, "dt", f"must be > 0, got {cfg.dt!r}")
+    positive(cfg.dt, "dt")
     _time_constant(cfg.tau, cfg.dt, "tau")
     if cfg.tau_range is not None:
         _time_range(cfg.tau_range, cfg.dt, "tau_range")
-    _unit(cfg.exc_frac, "exc_frac")
+    unit(cfg.exc_frac, "exc_frac")
     for name, area in cfg.areas.items():
-        _integer(area.size, f"areas.{name}.size")
+        integer(area.size, f"areas.{name}.size")
         if area.exc_frac is not None:
-            _unit(area.exc_frac, f"areas.{name}.exc_frac")
+            unit(area.exc_frac, f"areas.{name}.exc_frac")
         if area.tau is not None:
             _time_constant(area.tau, cfg.dt, f"areas.{name}.tau")
         if area.tau_range is not None:
-            _check(area.tau is None, f"areas.{name}.tau_range", f"give tau or tau_range, not both (tau is {area.tau!r}: set it to null)")
+            check(area.tau is None, f"areas.{name}.tau_range", f"give tau or tau_range, not both (tau is {area.tau!r}: set it to null)")
             _time_range(area.tau_range, cfg.dt, f"areas.{name}.tau_range")
         if area.noise is not None:
-            _number(area.noise, f"areas.{name}.noise")
-            _check(area.noise >= 0, f"areas.{name}.noise", f"must be >= 0, got {area.noise!r}")
-    _unit(cfg.density.within, "density.within")
-    _unit(cfg.density.between, "density.between")
+            non_negative(area.noise, f"areas.{name}.noise")
+    unit(cfg.density.within, "density.within")
+    unit(cfg.density.between, "density.between")
     for to, row in cfg.projections.items():
         known(to, f"projections.{to}")
         for pre, value in row.items():
             known(pre, f"projections.{to}.{pre}")
-            _unit(value, f"projections.{to}.{pre}")
-    _integer(cfg.input_size, "input_size")
-    check_seed(cfg.seed, "seed")
-    _integer(cfg.output_size, "output_size")
+            unit(value, f"projections.{to}.{pre}")
+    integer(cfg.input_size, "input_size")
+    seed(cfg.seed, "seed")
+    integer(cfg.output_size, "output_size")
     for key in ("input_areas", "readout_areas"):
         areas = getattr(cfg, key)
-        _check(isinstance(areas, (list, tuple)), key, f"must be a list of area names, got {areas!r}")
+        check(isinstance(areas, (list, tuple)), key, f"must be a list of area names, got {areas!r}")
         for i, area in enumerate(areas):
             known(area, f"{key}[{i}]")
     for group, spec in cfg.input_groups.items():
-        _integer(spec.size, f"input_groups.{group}.size")
-        _check(len(spec.areas) > 0, f"input_groups.{group}.areas", "must name at least one area")
+        integer(spec.size, f"input_groups.{group}.size")
+        check(len(spec.areas) > 0, f"input_groups.{group}.areas", "must name at least one area")
         for i, area in enumerate(spec.areas):
             known(area, f"input_groups.{group}.areas[{i}]")
     if cfg.input_groups:
         total = sum(g.size for g in cfg.input_groups.values())
-        _check(total == cfg.input_size, "input_groups", f"sizes sum to {total} but input_size is {cfg.input_size}")
-    _fraction(cfg.input_frac, "input_frac")
-    _fraction(cfg.readout_frac, "readout_frac")
-    _check(cfg.long_range in PROJECTING, "long_range", f"must be one of {', '.join(PROJECTING)}, got {cfg.long_range!r}")
-    _check(cfg.readout_from in PROJECTING, "readout_from", f"must be one of {', '.join(PROJECTING)}, got {cfg.readout_from!r}")
+        check(total == cfg.input_size, "input_groups", f"sizes sum to {total} but input_size is {cfg.input_size}")
+    fraction(cfg.input_frac, "input_frac")
+    fraction(cfg.readout_frac, "readout_frac")
+    choice(cfg.long_range, PROJECTING, "long_range")
+    choice(cfg.readout_from, PROJECTING, "readout_from")
     from_e = [key for key in ("long_range", "readout_from") if getattr(cfg, key) == "excitatory"]
-    _check(cfg.dale or not from_e, from_e[0] if from_e else "", "'excitatory' needs dale: true (without it no neuron is "
+    check(cfg.dale or not from_e, from_e[0] if from_e else "", "'excitatory' needs dale: true (without it no neuron is "
            f"excitatory); with dale: false set {' and '.join(f'{key}: all' for key in from_e)}")
-    _check(cfg.activation in ACTIVATIONS, "activation", f"must be one of {', '.join(ACTIVATIONS)}, got {cfg.activation!r}")
+    choice(cfg.activation, ACTIVATIONS, "activation")
     for key in ("rec", "input"):
-        _number(getattr(cfg.noise, key), f"noise.{key}")
+        non_negative(getattr(cfg.noise, key), f"noise.{key}")
     for key in ("spectral_radius", "input_scale", "readout_scale"):
-        _number(getattr(cfg.init, key), f"init.{key}")
-    _check(cfg.noise.rec >= 0, "noise.rec", f"must be >= 0, got {cfg.noise.rec!r}")
-    _check(cfg.noise.input >= 0, "noise.input", f"must be >= 0, got {cfg.noise.input!r}")
-    _check(cfg.init.dist in INIT_DISTRIBUTIONS, "init.dist", f"must be one of {', '.join(INIT_DISTRIBUTIONS)}, got {cfg.init.dist!r}")
-    _check(cfg.init.spectral_radius >= 0, "init.spectral_radius", f"must be >= 0, got {cfg.init.spectral_radius!r}")
+        non_negative(getattr(cfg.init, key), f"init.{key}")
+    choice(cfg.init.dist, INIT_DISTRIBUTIONS, "init.dist")
     for key in ("input", "readout", "within", "between"):
-        _unit(getattr(cfg.plasticity, key), f"plasticity.{key}")
+        unit(getattr(cfg.plasticity, key), f"plasticity.{key}")
     for to, row in cfg.plasticity.projections.items():
         known(to, f"plasticity.projections.{to}")
         for pre, value in row.items():
             known(pre, f"plasticity.projections.{to}.{pre}")
-            _unit(value, f"plasticity.projections.{to}.{pre}")
+            unit(value, f"plasticity.projections.{to}.{pre}")
 
 
 class Structure:
@@ -378,10 +343,10 @@ class Structure:
         key = f"readout_areas ({', '.join(cfg.readout_areas or [self.area_names[-1]])})"
         if cfg.readout_from == "excitatory":
             pool = pool[self.sign[pool] > 0]
-            _check(pool.size > 0, key, "readout_from=excitatory but these areas have no excitatory neurons")
+            check(pool.size > 0, key, "readout_from=excitatory but these areas have no excitatory neurons")
         if not cfg.readout_overlap:
             pool = pool[~self.input_mask[pool].any(axis=1)]
-            _check(pool.size > 0, key, "readout_overlap=false but every candidate neuron receives input")
+            check(pool.size > 0, key, "readout_overlap=false but every candidate neuron receives input")
         mask = np.zeros((cfg.output_size, self.n_neurons), bool)
         mask[:, self._pick(rng, pool, cfg.readout_frac)] = True
         return mask

@@ -28,18 +28,15 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
+from .errors import ConfigError
+from .rundir import METRICS_FILE, check_resumable, flatten, last_checkpoint, read_metrics
+
 log = logging.getLogger("nn4n")
 
 ERROR_FILE = "error.txt"
-METRICS_FILE = "metrics.json"
 
 
 # ----------------------------------------------------------------------------- inside a sweep job
-def objective(metrics: dict[str, float]) -> float:
-    """The value a job returns to the sweeper: held-out accuracy, or the MSE for regression tasks."""
-    return metrics.get("accuracy", metrics.get("mse", float("nan")))
-
-
 def start_job(run_dir: Path) -> None:
     """A new attempt at this job: forget the failure of an earlier one."""
     (run_dir / ERROR_FILE).unlink(missing_ok=True)
@@ -87,10 +84,8 @@ def finished_metrics(run_dir: Path, config: Any) -> dict[str, float] | None:
     ``hydra.sweep.dir``) is neither reused nor resumed: that raises a ConfigError naming the keys.
     """
     from .checkpoint import load_checkpoint  # torch: only where a job runs
-    from .config import ConfigError
-    from .train import check_resumable, flatten
 
-    last, done = run_dir / "checkpoints" / "last.pt", run_dir / METRICS_FILE
+    last, done = last_checkpoint(run_dir), run_dir / METRICS_FILE
     if last.exists():
         try:
             state = load_checkpoint(last)
@@ -101,9 +96,8 @@ def finished_metrics(run_dir: Path, config: Any) -> dict[str, float] | None:
             return None
     if not done.exists():
         return None
-    metrics = json.loads(done.read_text())
-    log.info("skipped: %s is finished (%s exists); returning its stored result %s", run_dir, METRICS_FILE, objective(metrics))
-    return metrics
+    log.info("skipped: %s is finished (%s exists)", run_dir, METRICS_FILE)
+    return read_metrics(run_dir)
 
 
 # ----------------------------------------------------------------------------- nn4n-sweep-summary

@@ -18,6 +18,7 @@ import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -196,6 +197,13 @@ def make_task(
     return env
 
 
+class TaskKind(str, Enum):
+    """What a task's targets are: a class per step (a Discrete action space), or values (a Box)."""
+
+    CLASSIFICATION = "classification"
+    REGRESSION = "regression"
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """Sizes and names of a task's inputs and outputs."""
@@ -203,7 +211,7 @@ class TaskSpec:
     name: str
     n_inputs: int
     n_outputs: int
-    kind: str  # "classification" (Discrete action space) or "regression"
+    kind: TaskKind
     input_names: dict[str, list[int]]
     output_names: dict[str, list[int]]
     decision_period: str | None
@@ -217,7 +225,7 @@ class TaskSpec:
     @property
     def output_labels(self) -> list[str]:
         """One label per output channel (a class, for classification), as :attr:`input_labels`."""
-        return _labels(self.output_names, self.n_outputs, "class" if self.kind == "classification" else "out")
+        return _labels(self.output_names, self.n_outputs, "class" if self.kind is TaskKind.CLASSIFICATION else "out")
 
 
 def _labels(names: dict[str, list[int]], n: int, unnamed: str) -> list[str]:
@@ -234,7 +242,7 @@ def _names(space: gym.Space) -> dict[str, list[int]]:
     return {k: [int(v)] if np.isscalar(v) else [int(i) for i in v] for k, v in names.items()}
 
 
-def describe(env: TrialEnv, decision_period: str | None = "decision") -> TaskSpec:
+def task_spec(env: TrialEnv, decision_period: str | None = "decision") -> TaskSpec:
     """TaskSpec of `env`. A classification task must have the decision period (accuracy is read in it;
     None: no accuracy); a regression task without it gets None.
 
@@ -252,7 +260,7 @@ def describe(env: TrialEnv, decision_period: str | None = "decision") -> TaskSpe
         name=name,
         n_inputs=int(np.prod(env.observation_space.shape)),
         n_outputs=int(env.action_space.n) if discrete else int(np.prod(env.action_space.shape)),
-        kind="classification" if discrete else "regression",
+        kind=TaskKind.CLASSIFICATION if discrete else TaskKind.REGRESSION,
         input_names=_names(env.observation_space),
         output_names=_names(env.action_space),
         decision_period=decision_period if decision_period in periods else None,

@@ -1,20 +1,15 @@
-"""One training run: trial batches -> networks -> loss -> optimizer step, with logs, checkpoints and activity.
+"""The training loop: trial batches -> networks -> loss -> optimizer step, with logs, checkpoints and activity.
 
-A run trains ``train.n_networks`` independent networks at once (:class:`nn4n.ensemble.Ensemble`).
-With one network every file sits in the run directory. With K > 1, network k's TensorBoard run,
-best checkpoint, activity and metrics sit in ``networks/<k>/``, and the run's ``metrics.json``
-holds their mean, standard deviation and each network's own values.
+A run trains ``train.n_networks`` independent networks at once (:class:`nn4n.ensemble.Ensemble`); where
+each file goes is :mod:`nn4n.rundir`'s business.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
-import os
 import random
-import shutil
 import signal
 import sys
 import threading
@@ -24,23 +19,26 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from . import recurrence
 from .allocator import retain_freed_memory
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import Config, ConfigError, TaskConfig, TrainingError, check_schema, to_config
-from .data import TrialBatch, TrialSampler, batch_stream
-from .devices import available_device
-from .engines import ENGINES, triton_runs_on
+from .config import Config
+from .data import TrialBatch, batch_stream
 from .ensemble import Ensemble
+from .errors import ConfigError, TrainingError
 from .evaluate import activity_record, evaluate_ensemble, save_activity
+from .experiment import held_out, run_objective, sampler
+from .machine import available_device, check_step_memory, loader_workers, warn_if_above_cores
 from .metrics import task_loss
 from .monitor import Monitor
 from .regularizers import regularization
+from .rundir import (ACTIVITY_FILE, METRICS_FILE, check_disk_space, check_resumable, flatten, hydra_record,
+                     last_checkpoint, network_dir, summarize_networks, write_metrics)
 
 log = logging.getLogger("nn4n")
-EVAL_SEED_OFFSET = 2**31  # held-out trials come from a seed stream training never uses
 
 
 class Interrupted(TrainingError):
@@ -49,12 +47,6 @@ class Interrupted(TrainingError):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.exit_code = 128 + signum
-
-
-# Settings that may differ when a run is resumed (and train.steps, see check_resumable); the rest must match.
-RESUMABLE_CHANGES = ("train.device", "train.engine", "train.matmul_precision", "train.threads",
-                     "train.retain_freed_memory", "train.data_workers", "train.eval_every",
-                     "train.checkpoint_every", "logging.")
 
 
 @contextlib.contextmanager
@@ -70,142 +62,6 @@ def _deferred_signals() -> Iterator[list[int]]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-
-
-def hydra_record(run_dir: Path) -> dict[str, str]:
-    """The run's ``.hydra/*.yaml`` files (its config as Hydra composed it), by name; checkpoints carry them."""
-    return {path.name: path.read_text() for path in sorted((run_dir / ".hydra").glob("*.yaml"))}
-
-
-def restore_hydra_record(run_dir: Path) -> None:
-    """Put back the ``.hydra`` files of the run in ``run_dir``, as its last checkpoint carries them:
-    Hydra writes every command's config there first, also that of a command which then fails."""
-    last = run_dir / "checkpoints" / "last.pt"
-    if last.exists():
-        try:
-            record = load_checkpoint(last).get("hydra", {})
-        except ValueError:  # a checkpoint refused as unsafe: that error is the one reported
-            return
-        for name, text in record.items():
-            (run_dir / ".hydra" / name).write_text(text)
-
-
-def check_resumable(state: dict[str, Any], current: dict[str, Any], run_dir: Path) -> None:
-    """Refuse to continue the run in ``run_dir`` (its checkpoint ``state``) with another config.
-
-    ``train.steps`` may change, to train longer or stop sooner, while the learning rate does not
-    depend on it (``train.schedule: none``) and it is not below the steps already trained.
-    """
-    saved, done = state["config"], state["step"]
-    for key in sorted(set(saved) | set(current)):
-        if key.startswith(RESUMABLE_CHANGES) or saved.get(key) == current.get(key):
-            continue
-        steps = key == "train.steps"
-        if steps and current[key] >= done and saved["train.schedule"] == "none":
-            continue
-        run = f"the run in {run_dir}"
-        if steps and current[key] < done:
-            was = f"{run} has already trained {done} steps"
-        elif key not in saved:
-            was = f"{run} has no such key"
-        else:
-            was = f"{run} was started with {saved[key]!r}" + (
-                f" and its learning rate schedule ({saved['train.schedule']}) depends on it" if steps else "")
-        now = f"is {current[key]!r}" if key in current else "is not set"
-        record = OmegaConf.create(state.get("hydra", {}).get("overrides.yaml", "[]"))
-        overrides = " ".join(OmegaConf.to_container(record)) or "none"  # as typed: ${...} unresolved
-        raise ConfigError(f"{key}: {now} but {was}; resume with the run's own overrides ({overrides}; "
-                          f"nn4n-train resume={run_dir} gives them) or use another output directory")
-
-
-def check_disk_space(cfg: Config, run_dir: Path, n_neurons: int, n_steps: int) -> None:
-    """Fail before training if ``run_dir`` cannot hold the checkpoints and activity arrays."""
-    params = cfg.train.n_networks * n_neurons * (n_neurons + cfg.model.input_size + cfg.model.output_size + 4)
-    activity = cfg.train.n_networks * cfg.train.eval_trials * n_steps * (n_neurons + 2 * cfg.model.output_size) * 4
-    needed = 6 * params * 4 + 2 * activity + 50 * 2**20  # last + best (+ temporaries) + optimizer state + logs
-    free = shutil.disk_usage(run_dir).free
-    if free < needed:
-        raise ConfigError(f"hydra.run.dir: only {free / 2**20:.0f} MiB free in {run_dir}; this run needs about {needed / 2**20:.0f} MiB")
-
-
-STEP_BYTES = 12  # a training step holds at least this per neuron x time step x trial (BENCHMARKS.md, Memory)
-
-
-def _free_memory(device: torch.device) -> int | None:
-    """Bytes ``device`` can still give (the host's MemAvailable for the CPU); None where unknown."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as meminfo:
-            return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration):
-        return None
-
-
-def check_memory(cfg: Config, device: torch.device, n_neurons: int, n_steps: int) -> None:
-    """Fail before the first batch is made if one training step cannot fit in ``device``'s free memory."""
-    trials = cfg.train.n_networks * cfg.train.batch_size
-    needed, free = STEP_BYTES * n_neurons * n_steps * trials, _free_memory(device)
-    if free is not None and needed > free:
-        raise ConfigError(f"train.batch_size: a step of {trials} trials x {n_steps} time steps x {n_neurons} neurons "
-                          f"needs at least {needed / 2**30:.1f} GiB; {device} has {free / 2**30:.1f} GiB free")
-
-
-def sampler(t: TaskConfig, batch_size: int, seed: int) -> TrialSampler:
-    """Batches of task ``t`` that depend only on (seed, batch index)."""
-    return TrialSampler(t.name, t.dt, batch_size, seed, t.timing, t.params, t.dirs, t.decision_weight, t.decision_period)
-
-
-def resolve(raw: DictConfig | dict) -> Config:
-    """Validate a composed config and fill in what the task decides (input/output sizes, dt)."""
-    cfg = check_schema(raw)
-    try:
-        spec = sampler(OmegaConf.to_object(cfg.task), 1, 0).spec  # type: ignore[arg-type]
-    except ValueError as err:
-        raise ConfigError(str(err).splitlines()[0]) from None
-    except Exception as err:  # the task's own code (a user's task, say) failed on its first trial
-        raise ConfigError(f"task.name: {cfg.task.name} failed on its first trial: {type(err).__name__}: {err}") from err
-    cfg.model.input_size, cfg.model.output_size, cfg.model.dt = spec.n_inputs, spec.n_outputs, spec.dt
-    return to_config(cfg)
-
-
-def _device(name: str) -> torch.device:
-    try:
-        return available_device(name, "train.device")
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-
-
-def loader_workers(setting: str, device: torch.device) -> int:
-    """Trial-generating processes for ``train.data_workers``: the number given, or for ``auto`` 1 on a CPU
-    (the model step is slower than a batch; more would take the model's cores) and, on a GPU, one per
-    free core up to 8 (a NeuroGym batch of 64 trials takes 10-30 ms of Python, a GPU step a few)."""
-    if setting != "auto":
-        return int(setting)
-    if device.type == "cpu":
-        return 1
-    return max(1, min(8, _cores() - 1))
-
-
-def _cores() -> int:
-    """CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _warn_if_above_cores(key: str, count: int, consequence: str) -> None:
-    """One log line when ``key`` asks for more threads or processes than this process has cores."""
-    if count > (cores := _cores()):
-        log.warning("%s=%d is more than the %d core(s) this process may use: %s", key, count, cores, consequence)
-
-
-def _engine(name: str, device: torch.device) -> str:
-    if name == "auto":
-        return "fused"
-    if name == "triton" and name not in ENGINES:
-        raise ConfigError("train.engine: triton needs the triton package (pip install 'nn4n[triton]')")
-    if name == "triton" and not triton_runs_on(device):
-        raise ConfigError(f"train.engine: triton runs on CUDA, not on {device}; use auto or fused")
-    return name
 
 
 def _optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -224,13 +80,6 @@ def _schedule(cfg: Config, optimizer: torch.optim.Optimizer) -> torch.optim.lr_s
     if t.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, max(1, t.steps // 3), gamma=0.1)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-
-
-def flatten(values: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts/lists as ``{"a.b.c": leaf}`` (for HParams)."""
-    if isinstance(values, dict):
-        return {k: v for key, item in values.items() for k, v in flatten(item, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: values}
 
 
 def _to_host(values: torch.Tensor) -> tuple[torch.Tensor, torch.Event | None]:
@@ -252,53 +101,37 @@ def _progress(cfg: Config, start: int) -> tqdm | None:
     return tqdm(total=cfg.train.steps, initial=start, desc="train", dynamic_ncols=True) if bar else None
 
 
-def network_dir(run_dir: Path, index: int, n_networks: int) -> Path:
-    """Where network ``index`` of a run of ``n_networks`` keeps its own files."""
-    return run_dir if n_networks == 1 else run_dir / "networks" / f"{index:0{len(str(n_networks - 1))}d}"
-
-
-def _write_json(path: Path, values: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(values, indent=2))
-    tmp.replace(path)
-
-
-def _summary(per_network: list[dict[str, Any]]) -> dict[str, Any]:
-    """Run metrics of K networks: mean and sample sd of every per-network score, and each network's."""
-    summary: dict[str, Any] = {"n_networks": len(per_network)}
-    for key in ("loss", "accuracy", "mse", "r2"):
-        if key in per_network[0]:
-            values = np.array([m[key] for m in per_network], dtype=float)
-            summary[key], summary[f"{key}_sd"] = float(values.mean()), float(values.std(ddof=1))
-    return summary | {k: per_network[0][k] for k in ("steps", "wall_time_s")} | {"networks": per_network}
-
-
 class Trainer:
     """Everything a run holds between steps: data, networks, optimizer, monitors, best scores."""
 
     def __init__(self, cfg: Config, run_dir: Path) -> None:
         torch.set_num_threads(cfg.train.threads)
-        _warn_if_above_cores("train.threads", cfg.train.threads, "the threads will wait on each other "
-                             "(see BENCHMARKS.md, Torch threads)")
+        warn_if_above_cores("train.threads", cfg.train.threads, "the threads will wait on each other "
+                            "(see BENCHMARKS.md, Torch threads)")
         if cfg.train.retain_freed_memory:
             retain_freed_memory()
         torch.set_float32_matmul_precision(cfg.train.matmul_precision)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        self.cfg, self.run_dir, self.device = cfg, run_dir, _device(cfg.train.device)
-        self.loader_workers = loader_workers(cfg.train.data_workers, self.device)
-        _warn_if_above_cores("train.data_workers", self.loader_workers, "they will take the model step's cores")
-        n_networks = cfg.train.n_networks
+        self.cfg, self.run_dir, n_networks = cfg, run_dir, cfg.train.n_networks
         self.train_data = sampler(cfg.task, n_networks * cfg.train.batch_size, cfg.seed)
         self.spec = self.train_data.spec
-        self.held_out = sampler(cfg.task, cfg.train.eval_trials, cfg.seed + EVAL_SEED_OFFSET).batch(0).to(self.device)
-        n_neurons, n_steps = sum(area.size for area in cfg.model.areas.values()), self.held_out.inputs.shape[1]
-        run_dir.mkdir(parents=True, exist_ok=True)  # its contents only once every check has passed
-        check_disk_space(cfg, run_dir, n_neurons, n_steps)
-        check_memory(cfg, self.device, n_neurons, n_steps)
+        self.objective = run_objective(cfg, self.spec)
         try:
-            self.ensemble = Ensemble(cfg.model, n_networks, engine=_engine(cfg.train.engine, self.device)).to(self.device)
+            self.device = available_device(cfg.train.device, "train.device")
+            engine = recurrence.engine_for(cfg.train.engine, self.device)
+            self.held_out = held_out(cfg).batch(0).to(self.device)
+            n_neurons, n_steps = sum(area.size for area in cfg.model.areas.values()), self.held_out.inputs.shape[1]
+            run_dir.mkdir(parents=True, exist_ok=True)  # its contents only once every check has passed
+            check_disk_space(cfg, run_dir, n_neurons, n_steps)
+            check_step_memory(self.device, n_networks * cfg.train.batch_size, n_steps, n_neurons)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        self.loader_workers = loader_workers(cfg.train.data_workers, self.device)
+        warn_if_above_cores("train.data_workers", self.loader_workers, "they will take the model step's cores")
+        try:
+            self.ensemble = Ensemble(cfg.model, n_networks, engine=engine).to(self.device)
         except ValueError as err:  # checks that need the masks drawn from the seed (an empty readout pool, say)
             raise ConfigError(f"model.{err}") from None
         self.networks = list(self.ensemble.networks)
@@ -306,7 +139,7 @@ class Trainer:
         for net in self.networks:
             net.apply_plasticity(self.optimizer)
         self.schedule = _schedule(cfg, self.optimizer)
-        self.last_path = run_dir / "checkpoints" / "last.pt"
+        self.last_path = last_checkpoint(run_dir)
         self.dirs = [network_dir(run_dir, i, n_networks) for i in range(n_networks)]
         for path in (run_dir, *self.dirs):
             (path / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -339,7 +172,7 @@ class Trainer:
         self.start, self.best = state["step"], list(state["best"])
         if self.start < self.cfg.train.steps:  # a finished run trained further is no longer finished
             for path in (self.run_dir, *self.dirs):
-                (path / "metrics.json").unlink(missing_ok=True)
+                (path / METRICS_FILE).unlink(missing_ok=True)
         log.info("resuming from step %d of %s", self.start, self.last_path)
         return state["elapsed"]
 
@@ -360,6 +193,8 @@ class Trainer:
         with _deferred_signals() as received, contextlib.ExitStack() as stack:
             for monitor in self.monitors:
                 stack.callback(monitor.close)
+            if self.start == 0:
+                self._evaluate(0)  # the untrained network: where the curves start
             for step in range(self.start + 1, last + 1):
                 self.train_step(step, next(stream).to(self.device, non_blocking=True))
                 if _every(step, cfg.train.eval_every, last):
@@ -436,7 +271,7 @@ class Trainer:
         cfg, results = self.cfg, evaluate_ensemble(self.ensemble, self.held_out, self.spec.kind)
         for i, (net, monitor, (metrics, outputs, activity)) in enumerate(zip(self.networks, self.monitors, results)):
             monitor.scalars(step, metrics, "eval/")
-            score = metrics.get("accuracy", -metrics.get("mse", math.inf))
+            score = self.objective.score(metrics)
             if score > self.best[i]:
                 self.best[i] = score
                 net.save(self.dirs[i] / "checkpoints" / "best.pt")
@@ -469,20 +304,23 @@ class Trainer:
         for i, (net, monitor, (metrics, outputs, activity)) in enumerate(zip(self.networks, self.monitors, results)):
             record = activity_record(net, self.held_out, outputs, activity, self.spec)
             if cfg.logging.save_activity:
-                save_activity(self.dirs[i] / "activity.npz", record)
+                save_activity(self.dirs[i] / ACTIVITY_FILE, record)
             if cfg.logging.figures:
                 monitor.figures(cfg.train.steps, record)
-            metrics |= {"steps": cfg.train.steps, "wall_time_s": wall}
             params = self.flat_config
             if n_networks > 1:
-                metrics["seed"] = net.config.seed
                 params = params | {"network": i, "network_seed": net.config.seed}
-                _write_json(self.dirs[i] / "metrics.json", metrics)
             monitor.hparams(cfg.train.steps, params, metrics)
+            metrics |= {"steps": cfg.train.steps, "wall_time_s": wall}
+            if n_networks > 1:
+                metrics["seed"] = net.config.seed
+                write_metrics(self.dirs[i], metrics)
             per_network.append(metrics)
-        summary = per_network[0] if n_networks == 1 else _summary(per_network)
-        _write_json(self.run_dir / "metrics.json", summary)
+        summary = per_network[0] if n_networks == 1 else summarize_networks(per_network)
+        write_metrics(self.run_dir, summary)
         log.info("done: %s", "  ".join(f"{k} {v}" for k, v in summary.items() if k != "networks"))
+        log.info("objective (train.objective): %s %.4g, to %s", self.objective.metric, self.objective.value(summary),
+                 self.objective.direction)
         log.info("results in %s", self.run_dir)
         return summary
 
@@ -490,8 +328,8 @@ class Trainer:
 def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir``; resumes from ``run_dir/checkpoints/last.pt`` if it exists.
 
-    Writes ``tensorboard/``, ``checkpoints/{last,best}.pt``, ``activity.npz`` (per network, see the
-    module docstring) and, last of all, ``metrics.json`` (its presence marks a finished run).
+    Writes ``tensorboard/``, ``checkpoints/{last,best}.pt``, ``activity.npz`` (per network, see
+    :mod:`nn4n.rundir`) and, last of all, ``metrics.json`` (its presence marks a finished run).
     Returns the final metrics.
     """
     return Trainer(cfg, run_dir).run()

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nn4n.allocator import retain_freed_memory
-from nn4n.engines import ENGINES, triton_runs_on
+from nn4n.recurrence import installed_engines, triton_runs_on
 from nn4n.ensemble import Ensemble
 from nn4n.model import CTRNN
 from nn4n.structure import NetworkConfig, Structure
@@ -86,9 +86,9 @@ def build(name: str, n: int, batch: int, steps: int, device: torch.device, nn4n1
     x = torch.randn(batch, steps, N_IN, device=device)
     y = 0.1 * torch.randn(batch, steps, N_OUT, device=device)
     model: nn.Module
-    if name in ENGINES or name == "naive loop":
-        model = CTRNN(e_i_config(n), engine=name if name in ENGINES else "reference").to(device)
-        forward = (lambda u: model(u)[0]) if name in ENGINES else (lambda u: naive_forward(model, u))
+    if name in installed_engines() or name == "naive loop":
+        model = CTRNN(e_i_config(n), engine=name if name in installed_engines() else "reference").to(device)
+        forward = (lambda u: model(u)[0]) if name in installed_engines() else (lambda u: naive_forward(model, u))
     elif name == "torch.nn.RNN":
         model = nn.ModuleDict({"rnn": nn.RNN(N_IN, n, nonlinearity="relu", batch_first=True), "out": nn.Linear(n, N_OUT)})
         model.to(device)
@@ -269,7 +269,9 @@ def end_to_end_table(args: argparse.Namespace, device: torch.device, n_steps: in
 
     from nn4n.config import register_schema
     from nn4n.data import batch_stream
-    from nn4n.train import Trainer, loader_workers, resolve
+    from nn4n.experiment import resolve
+    from nn4n.machine import loader_workers
+    from nn4n.train import Trainer
 
     register_schema()
     print(f"\n### nn4n-train iteration vs pure model step (default run: E/I N=128, PerceptualDecisionMaking, "

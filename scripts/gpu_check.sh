@@ -24,9 +24,9 @@ export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 "$PY" - <<'EOF' || exit 1
-import torch, nn4n.engines
+import torch, nn4n.recurrence
 print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, available: {torch.cuda.is_available()}")
-print("engines:", ", ".join(nn4n.engines.ENGINES))
+print("engines:", ", ".join(nn4n.recurrence.installed_engines()))
 assert torch.cuda.is_available(), "no CUDA device"
 EOF
 

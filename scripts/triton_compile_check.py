@@ -24,7 +24,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from nn4n import triton_engine  # noqa: E402
+from nn4n.recurrence import ACTIVATIONS, triton as triton_engine  # noqa: E402
 
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
 PRECISIONS = {"fp32": (torch.float32, "highest"), "tf32": (torch.float32, "high"), "fp64": (torch.float64, "highest")}
@@ -35,7 +35,7 @@ def resources(kernel: triton.JITFunction, dtype: torch.dtype, n: int, batch: int
     """Registers and spilled bytes per thread of ``kernel`` compiled for ``sm_{arch}`` as the engine launches it."""
     launch = triton_engine._launch_args(dtype, n)
     warps = launch.pop("num_warps")
-    constants = {**launch, "ACT": triton_engine.ACT_CODES["softplus"], **flags}  # softplus reads the most
+    constants = {**launch, "ACT": ACTIVATIONS.index("softplus"), **flags}  # softplus reads the most
     pointer = "*fp64" if dtype == torch.float64 else "*fp32"
     ints = {"B": batch, "T": steps, "N": n}
     signature, attrs = {}, {}

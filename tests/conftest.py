@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from nn4n.engines import triton_runs_on  # finds triton without importing it
+from nn4n.recurrence import triton_runs_on  # finds triton without importing it
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # read when triton is imported

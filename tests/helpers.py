@@ -21,7 +21,7 @@ def merge(base: dict, over: dict) -> dict:
 
 def hparams_session(tensorboard_dir: Path) -> tuple[dict[str, Any], dict[str, list[tuple[int, float]]]]:
     """A run's HParams session as TensorBoard reads it: the hyperparameters of its session record and
-    every ``hparam/`` metric as (step, value) pairs."""
+    every metric (the held-out scores, ``eval/accuracy`` say) as (step, value) pairs."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import metadata
 
@@ -29,5 +29,5 @@ def hparams_session(tensorboard_dir: Path) -> tuple[dict[str, Any], dict[str, li
     info = metadata.parse_session_start_info_plugin_data(acc.PluginTagToContent(metadata.PLUGIN_NAME)[metadata.SESSION_START_INFO_TAG])
     params = {k: v.number_value if v.HasField("number_value") else v.string_value if v.HasField("string_value") else v.bool_value
               for k, v in info.hparams.items()}
-    metrics = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"] if tag.startswith("hparam/")}
+    metrics = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
     return params, metrics

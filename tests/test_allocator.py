@@ -16,7 +16,8 @@ import torch
 if sys.argv[1] != "untouched":
     from hydra import compose, initialize_config_module
     from nn4n.config import register_schema
-    from nn4n.train import Trainer, resolve
+    from nn4n.experiment import resolve
+    from nn4n.train import Trainer
     register_schema()
     with initialize_config_module("nn4n_configs", version_base="1.3"):
         cfg = resolve(compose("config", ["debug=fast", f"train.retain_freed_memory={sys.argv[1]}"]))

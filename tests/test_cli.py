@@ -62,7 +62,7 @@ def test_tensorboard_events(debug_run: Path) -> None:
     assert {"figures/activity", "figures/connectivity", "figures/pca", "figures/trial_io", "figures/psychometric"} <= set(tags["images"])
     metrics = json.loads((debug_run / "metrics.json").read_text())
     params, hparam_metrics = hparams_session(debug_run / "tensorboard")
-    assert hparam_metrics["hparam/accuracy"] == [(20, pytest.approx(metrics["accuracy"]))] and params["train.steps"] == 20
+    assert hparam_metrics["eval/accuracy"] == [(20, pytest.approx(metrics["accuracy"]))] and params["train.steps"] == 20
     assert acc.Scalars("eval/accuracy")[-1].value == pytest.approx(metrics["accuracy"])
     assert "config" in " ".join(tags["tensors"])  # resolved config as text
 
@@ -132,7 +132,7 @@ def test_hydra_errors_are_one_line(tmp_path: Path, override: str, message: str) 
 
 def test_full_error_shows_traceback(tmp_path: Path) -> None:
     run = nn4n_train("train.lr=-1", "hydra.run.dir=run", cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
-    assert run.returncode != 0 and "Traceback" in run.stderr and "train.lr: must be > 0" in run.stderr
+    assert run.returncode != 0 and "Traceback" in run.stderr and "train.lr: must be a finite number > 0" in run.stderr
 
 
 @pytest.mark.slow
@@ -221,7 +221,7 @@ def test_help_says_what_the_command_does(tmp_path: Path) -> None:
 def test_help_and_config_printing_do_not_load_torch() -> None:
     """``--help``, ``--cfg`` and shell completion only compose configs: torch and NeuroGym load once a job runs."""
     code = ("import sys, nn4n, nn4n.cli, nn4n.sweep; print(sorted({'torch', 'neurogym'} & set(sys.modules)));"
-            "print(list(nn4n.engines.ENGINES)[:2], nn4n.CTRNN.__name__)")  # submodules and classes load on use
+            "print(list(nn4n.recurrence.ENGINES)[:2], nn4n.CTRNN.__name__)")  # submodules and classes load on use
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
     assert out == ["[]", "['reference', 'fused'] CTRNN"]
 

@@ -9,7 +9,8 @@ from hydra import compose, initialize_config_module
 import nn4n_configs
 from nn4n import CTRNN
 from nn4n.config import Config, register_schema
-from nn4n.train import resolve, sampler
+from nn4n.experiment import resolve, sampler
+from nn4n.tasks import TaskKind
 
 CONFIGS = Path(nn4n_configs.__file__).parent
 register_schema()
@@ -32,7 +33,7 @@ def test_every_task_preset(task: str) -> None:
     assert cfg.model.dt == cfg.task.dt and cfg.model.input_size == batch.inputs.shape[-1] == data.spec.n_inputs
     outputs, _ = CTRNN(cfg.model)(batch.inputs)
     assert outputs.shape[-1] == data.spec.n_outputs
-    if data.spec.kind == "classification":
+    if data.spec.kind is TaskKind.CLASSIFICATION:
         assert batch.decision.any(1).all(), f"{task}: decision period {cfg.task.decision_period!r} never occurs"
     else:
         assert cfg.task.decision_period is None

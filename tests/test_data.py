@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from nn4n.data import TrialBatch, TrialSampler, batch_stream
-from nn4n.train import _cores, loader_workers
+from nn4n.tasks import TaskKind
+from nn4n.machine import cores, loader_workers
 
 PDM = "PerceptualDecisionMaking-v0"
 TASKS = [
@@ -92,7 +93,7 @@ def test_every_task_builds_a_batch(name):
     spec, batch = sampler.spec, sampler.batch(0)
     n_steps = int(batch.lengths.max())
     assert batch.inputs.shape == (4, n_steps, spec.n_inputs)
-    if spec.kind == "classification":
+    if spec.kind is TaskKind.CLASSIFICATION:
         assert batch.targets.shape == (4, n_steps) and batch.targets.dtype == torch.int64
         assert 0 <= batch.targets.min() and batch.targets.max() < spec.n_outputs
     else:
@@ -154,7 +155,7 @@ def test_stream_matches_direct_batches(name, num_workers):
 
 def test_stream_with_more_workers_than_cores_adds_no_torch_warning(recwarn: pytest.WarningsRecorder) -> None:
     """torch's several-line warning gives way to nn4n-train's one line (``train.data_workers``)."""
-    sampler, workers = TrialSampler(PDM, dt=20, batch_size=4, seed=0), _cores() + 1
+    sampler, workers = TrialSampler(PDM, dt=20, batch_size=4, seed=0), cores() + 1
     for i, batch in enumerate(itertools.islice(batch_stream(sampler, num_workers=workers), workers + 1)):
         assert_batches_equal(batch, sampler.batch(i))
     assert [str(w.message) for w in recwarn if "DataLoader" in str(w.message)] == []

@@ -6,10 +6,12 @@ from typing import Iterator
 import pytest
 import torch
 
-from nn4n.engines import ACTIVATIONS, ENGINES, time_major
+from nn4n.recurrence import ACTIVATIONS, engine as engine_run, installed_engines
+from nn4n.recurrence.step import time_major
 from nn4n.model import CTRNN
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+ENGINES = installed_engines()
 FAST = [name for name in ENGINES if name != "reference"]
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 # (batch, time, neurons): odd, T=1, batch 1; and batch 20, N=37, which the triton engine splits into
@@ -29,7 +31,7 @@ def assert_close(got: torch.Tensor | None, want: torch.Tensor | None, tol: float
 def run(engine: str, inputs: list[torch.Tensor], activation: str) -> list[torch.Tensor | None]:
     """Rates, preact and the gradients of a loss on both w.r.t. drive, h0, w_rec and alpha."""
     leaves = [x.detach().clone().requires_grad_() for x in inputs]
-    rates, preact = ENGINES[engine](*leaves, activation, True)
+    rates, preact = engine_run(engine)(*leaves, activation, True)
     weights = torch.linspace(-1, 1, rates.numel(), dtype=rates.dtype, device=rates.device).view_as(rates)
     loss = (rates * weights).sum() + 0.1 * (preact * preact.flip(1)).sum()
     loss.backward()
@@ -95,7 +97,7 @@ def test_engine_without_preact(engine: str, device: str) -> None:
     results = []
     for name in (engine, "reference"):
         d, w_ = drive.clone().requires_grad_(), w.clone().requires_grad_()
-        rates, preact = ENGINES[name](d, h0[0].expand(5, -1), w_, alpha, "relu")
+        rates, preact = engine_run(name)(d, h0[0].expand(5, -1), w_, alpha, "relu")
         assert preact is None
         (rates.sin().sum()).backward()
         results.append([rates, d.grad, w_.grad])
@@ -155,7 +157,7 @@ def test_fused_gradcheck(activation: str, device: str) -> None:
     inputs = [x.requires_grad_() for x in problem((2, 4, 3), torch.float64, device, seed=5)]
 
     def f(*xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rates, preact = ENGINES["fused"](*xs, activation, True)
+        rates, preact = engine_run("fused")(*xs, activation, True)
         assert preact is not None
         return rates, preact
 

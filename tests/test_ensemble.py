@@ -16,10 +16,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from nn4n import CTRNN
 from nn4n.analysis import load_run
 from nn4n.checkpoint import load_checkpoint, save_checkpoint
-from nn4n.config import ConfigError, register_schema
-from nn4n.engines import ENGINES
+from nn4n.config import register_schema
+from nn4n.errors import ConfigError, TrainingError
+from nn4n.recurrence import installed_engines
 from nn4n.ensemble import Ensemble, network_seed
-from nn4n.train import Trainer, TrainingError, _cores, resolve, sampler
+from nn4n.experiment import resolve, sampler
+from nn4n.machine import cores as machine_cores
+from nn4n.train import Trainer
 from helpers import hparams_session
 
 CONFIG = {
@@ -31,7 +34,7 @@ CONFIG = {
 
 
 @pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
-@pytest.mark.parametrize("engine", list(ENGINES))
+@pytest.mark.parametrize("engine", installed_engines())
 def test_ensemble_equals_its_networks_run_alone(engine: str, device: str) -> None:
     ensemble = Ensemble(CONFIG, 3, engine).to(device)
     inputs = torch.randn(3, 4, 10, 3, generator=torch.Generator().manual_seed(0)).to(device)
@@ -176,7 +179,7 @@ def test_checkpoint_of_an_unfused_optimizer_resumes(tmp_path: Path) -> None:
 
 def test_trainer_sets_threads_and_matmul_precision(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     before = torch.get_num_threads(), torch.get_float32_matmul_precision()
-    cores = _cores()
+    cores = machine_cores()
     try:
         trainer = Trainer(resolve_config(["train.threads=2", "train.matmul_precision=high"]), tmp_path)
         assert (torch.get_num_threads(), torch.get_float32_matmul_precision()) == (2, "high")
@@ -225,7 +228,7 @@ def test_nn4n_train_writes_each_network(ensemble_run: Path) -> None:
         assert [e.step for e in acc.Scalars("loss/task")] == [5, 10, 15, 20]
         assert acc.Scalars("eval/loss")[-1].value == pytest.approx(metrics["loss"])
         params, hparam_metrics = hparams_session(net_dir / "tensorboard")
-        assert hparam_metrics["hparam/loss"] == [(20, pytest.approx(metrics["loss"]))] and params["network_seed"] == metrics["seed"]
+        assert hparam_metrics["eval/loss"] == [(20, pytest.approx(metrics["loss"]))] and params["network_seed"] == metrics["seed"]
         assert CTRNN.load(net_dir / "checkpoints" / "best.pt").config.seed == metrics["seed"]
         last, cfg = load_run(ensemble_run, "last", network=k)
         assert cfg.model.seed == metrics["seed"]

@@ -38,6 +38,7 @@ def act() -> dict[str, np.ndarray]:
     choice[3] = 0
     epochs = {"fixation": (0, 5), "stimulus": (5, 15), "decision": (15, n_time)}
     return {
+        "kind": np.array("classification"),
         "rates": rates.astype(np.float32),
         "inputs": rng.normal(size=(n_trials, n_time, n_in)).astype(np.float32),
         "outputs": rng.normal(size=(n_trials, n_time, n_out)).astype(np.float32),
@@ -61,16 +62,16 @@ def act() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def regression(act) -> dict[str, np.ndarray]:
-    reg = {k: v for k, v in act.items() if k != "choice"}
+    reg = {k: v for k, v in act.items() if k != "choice"} | {"kind": np.array("regression")}
     reg["targets"] = np.random.default_rng(1).normal(size=act["outputs"].shape[:2] + (2,))
     reg["outputs"] = reg["targets"] + 0.1
     return reg
 
 
 def test_peak_order():
-    rates = np.zeros((5, 4))
-    rates[3, 0] = rates[0, 1] = rates[4, 2] = rates[1, 3] = 1.0
-    np.testing.assert_array_equal(figures.peak_order(rates), [1, 3, 0, 2])
+    rates = np.zeros((5, 5))
+    rates[3, 0] = rates[0, 1] = rates[4, 3] = rates[1, 4] = 1.0
+    np.testing.assert_array_equal(figures.peak_order(rates), [1, 4, 0, 3, 2])  # the silent neuron 2 last
 
 
 def test_activity_heatmap(act):
@@ -159,6 +160,9 @@ def test_trial_io_classification(act):
     assert len(ax_in.get_lines()) == 3
     assert len(ax_out.patches) == 3  # one shaded span per epoch
     assert [t.get_text() for t in ax_out.get_legend().get_texts()] == ["class 0", "class 1", "class 2"]
+    one_hot = np.stack([line.get_ydata() for line in ax_tgt.get_lines()])  # the target class, one trace per class
+    np.testing.assert_array_equal(one_hot.argmax(0), act["targets"][0, :length]) and np.testing.assert_array_equal(one_hot.sum(0), 1)
+    assert [line.get_color() for line in ax_tgt.get_lines()] == [line.get_color() for line in ax_out.get_lines()]
     named = figures.trial_io(act | {"input_labels": np.array(["fixation", "stimulus 0", "stimulus 1"]),
                                     "output_labels": np.array(["fixation", "choice 0", "choice 1"])})
     assert [t.get_text() for t in named.axes[0].get_legend().get_texts()] == ["fixation", "stimulus 0", "stimulus 1"]

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from nn4n.data import TrialSampler
+from nn4n.tasks import TaskKind
 from nn4n.metrics import choices, decision_accuracy, decision_targets, explained_variance, masked_mse, task_loss
 
 
@@ -29,12 +30,12 @@ def test_classification_loss_matches_hand_computation(padded):
             nll = -torch.log_softmax(logits[b, t], -1)[padded.targets[b, t]].item()
             total, weight = total + w * nll, weight + w
     assert weight == padded.mask.sum().item() > 0
-    assert task_loss(logits, padded, "classification").item() == pytest.approx(total / weight, rel=1e-5)
+    assert task_loss(logits, padded, TaskKind.CLASSIFICATION).item() == pytest.approx(total / weight, rel=1e-5)
 
 
 def test_classification_loss_ignores_padding_and_backpropagates(padded):
     logits = torch.zeros(*padded.targets.shape, 3, requires_grad=True)
-    loss = task_loss(logits, padded, "classification")
+    loss = task_loss(logits, padded, TaskKind.CLASSIFICATION)
     assert loss.item() == pytest.approx(math.log(3), rel=1e-6)  # uniform logits, any weights
     loss.backward()
     pad = padded.mask == 0
@@ -46,7 +47,7 @@ def test_regression_loss_and_masked_mse():
     outputs = torch.full_like(batch.targets, 0.5)
     squared = (outputs - batch.targets) ** 2  # (B, T, 3)
     expected = (squared.mean(-1) * batch.mask).sum() / batch.mask.sum()
-    assert task_loss(outputs, batch, "regression").item() == pytest.approx(expected.item(), rel=1e-6)
+    assert task_loss(outputs, batch, TaskKind.REGRESSION).item() == pytest.approx(expected.item(), rel=1e-6)
     assert masked_mse(outputs, batch) == pytest.approx(squared.mean().item(), rel=1e-6)  # no padding here
     assert masked_mse(batch.targets, batch) == 0.0
 
@@ -71,11 +72,6 @@ def test_masked_mse_ignores_padding():
     assert masked_mse(outputs, batch) == 0.0
     outputs[~pad] += 1.0
     assert masked_mse(outputs, batch) == pytest.approx(1.0)
-
-
-def test_unknown_kind_rejected(pdm):
-    with pytest.raises(ValueError, match=r"^task\.kind: unknown kind 'ranking'; allowed: classification, regression$"):
-        task_loss(torch.zeros(*pdm.targets.shape, 3), pdm, "ranking")
 
 
 def test_accuracy_is_one_for_outputs_built_from_targets(pdm):

@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from nn4n.checkpoint import MODEL_FORMAT, load_checkpoint, save_checkpoint
-from nn4n.engines import ENGINES
-from nn4n.model import TAU_MARGIN, CTRNN, _linear
+from nn4n.linear import linear
+from nn4n.model import TAU_MARGIN, CTRNN
+from nn4n.recurrence import ACTIVATIONS, installed_engines
 from nn4n.structure import NetworkConfig
 from helpers import merge
 
-ACTIVATIONS = ["relu", "tanh", "softplus", "sigmoid", "retanh"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -221,7 +221,7 @@ NAMES = {
 }
 
 
-@pytest.mark.parametrize("engine", list(ENGINES))
+@pytest.mark.parametrize("engine", installed_engines())
 @pytest.mark.parametrize("activation, dale", [(a, True) for a in ACTIVATIONS] + [("tanh", False)])
 def test_gradients_match_direct_float64_implementation(activation, dale, engine):
     torch.manual_seed(1)
@@ -268,7 +268,7 @@ def test_linear_gradients_match_autograd(n_in: int, n_out: int, bias: bool, stac
     b = torch.randn(*stacked, n_out, generator=gen) if bias else None
     g = torch.randn(*stacked, 7, 5, n_out, generator=gen)
     leaves = [t.requires_grad_() for t in (x, w, b) if t is not None]
-    ours = torch.autograd.grad((_linear(x, w, b) * g).sum(), leaves)
+    ours = torch.autograd.grad((linear(x, w, b) * g).sum(), leaves)
     ref_out = torch.einsum("...mi,...oi->...mo", x.flatten(-3, -2), w).view(g.shape)
     if b is not None:
         ref_out = ref_out + b.unsqueeze(-2).unsqueeze(-2)

@@ -11,7 +11,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from nn4n.config import register_schema
-from nn4n.train import resolve
+from nn4n.experiment import resolve
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 register_schema()

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from nn4n import CTRNN, NetworkConfig
-from nn4n.config import Regularizers
-from nn4n.regularizers import regularization
+from nn4n.regularizers import Regularizers, regularization
 
 
 @pytest.fixture(scope="module")

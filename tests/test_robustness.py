@@ -19,8 +19,9 @@ from tensorboard.backend.event_processing.plugin_event_accumulator import EventA
 from nn4n import CTRNN, Area, NetworkConfig
 from nn4n import cli
 from nn4n.checkpoint import load_checkpoint
-from nn4n.config import ConfigError
-from nn4n.train import check_disk_space, check_resumable, resolve
+from nn4n.errors import ConfigError
+from nn4n.experiment import resolve
+from nn4n.rundir import check_disk_space, check_resumable
 from helpers import hparams_session
 
 BAD_CONFIGS = [
@@ -322,7 +323,7 @@ def test_a_finished_run_trains_further_with_more_steps(tmp_path: Path) -> None:
     straight_events = EventAccumulator(str(tmp_path / "straight" / "tensorboard")).Reload()
     assert {e.step: e.value for e in straight_events.Scalars("loss/task")} == {s: v for s, v in logged.items() if s != 73}
     params, hparam_metrics = hparams_session(tmp_path / "run" / "tensorboard")  # the session of 150 steps only
-    assert params["train.steps"] == 150 and hparam_metrics["hparam/accuracy"] == [(150, pytest.approx(ran["accuracy"]))]
+    assert params["train.steps"] == 150 and hparam_metrics["eval/accuracy"] == [(150, pytest.approx(ran["accuracy"]))]
     fewer = start(tmp_path, "run", "train.steps=100")
     _, err = fewer.communicate(timeout=300)
     assert fewer.returncode == 2 and re.search(r"train.steps: is 100 but the run in \S*run has already trained 150 steps;", err)
@@ -419,5 +420,5 @@ def test_resume_with_changed_config_is_refused(tmp_path: Path) -> None:
     assert {p.name: p.read_text() for p in (tmp_path / "run" / ".hydra").iterdir()} == record
     bad = start(tmp_path, "run", "train.steps=20", "train.lr=-1")
     _, err = bad.communicate(timeout=300)
-    assert bad.returncode == 2 and err.startswith("nn4n-train: error: train.lr: must be > 0")
+    assert bad.returncode == 2 and err.startswith("nn4n-train: error: train.lr: must be a finite number > 0")
     assert {p.name: p.read_text() for p in (tmp_path / "run" / ".hydra").iterdir()} == record

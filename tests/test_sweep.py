@@ -120,7 +120,7 @@ def test_tensorboard_sees_hparams_of_every_job(grid: Path) -> None:
         overrides = sweep.parse_overrides(yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()))
         assert hparams["seed"] == int(overrides["seed"])
         assert hparams["model.noise.rec"] == pytest.approx(float(overrides["model.noise.rec"]))
-        accuracy = mux.Scalars(run, "hparam/accuracy")[-1].value
+        accuracy = mux.Scalars(run, "eval/accuracy")[-1].value
         assert accuracy == pytest.approx(json.loads((job / "metrics.json").read_text())["accuracy"])
 
 
@@ -147,8 +147,8 @@ def test_rerun_skips_finished_jobs_and_redoes_missing_ones(grid: Path, tmp_path:
 
 @pytest.mark.slow
 def test_a_job_dir_of_another_config_is_not_reused(grid: Path) -> None:
-    from nn4n.config import ConfigError
-    from nn4n.train import resolve
+    from nn4n.errors import ConfigError
+    from nn4n.experiment import resolve
 
     job = job_dirs(grid)[key("seed=0", "model.noise.rec=0.1")]
     config = resolve(OmegaConf.load(job / ".hydra" / "config.yaml"))
@@ -167,11 +167,11 @@ def test_a_job_dir_of_another_config_is_not_reused(grid: Path) -> None:
 def test_one_bad_job_fails_alone(tmp_path: Path) -> None:
     run = nn4n_train("-m", "hydra/launcher=submitit_local", *FAST[:-1], "train.lr=0.001,-1", "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert run.returncode != 0
-    assert "train.lr: must be > 0" in run.stderr
+    assert "train.lr: must be a finite number > 0" in run.stderr
     root = tmp_path / "sweep"
     jobs = {j.overrides["train.lr"]: j for j in sweep.find_jobs(root)}
     assert jobs["0.001"].status == "finished" and (root / jobs["0.001"].name / "metrics.json").exists()
-    assert jobs["-1"].status == "failed" and "train.lr: must be > 0" in jobs["-1"].error
+    assert jobs["-1"].status == "failed" and "train.lr: must be a finite number > 0" in jobs["-1"].error
     assert "1 finished, 1 failed" in sweep.summarize(root, write=False)
 
 

@@ -9,7 +9,7 @@ import pytest
 from neurogym.core import TrialEnv
 
 from nn4n.data import TrialSampler
-from nn4n.tasks import TaskSpec, available_tasks, describe, make_task
+from nn4n.tasks import TaskKind, TaskSpec, available_tasks, make_task, task_spec
 
 NN4N_TASKS = ["FlipFlop-v0", "PathIntegration-v0", "SineWave-v0"]
 
@@ -88,13 +88,13 @@ def test_nn4n_tasks_registered_with_gymnasium(name):
     assert 50 <= len(env.ob) <= 150
 
 
-def test_describe_perceptual_decision_making():
+def test_task_spec_perceptual_decision_making():
     env = make_task("PerceptualDecisionMaking-v0", dt=20)
-    assert describe(env) == TaskSpec(
+    assert task_spec(env) == TaskSpec(
         name="PerceptualDecisionMaking-v0",
         n_inputs=3,
         n_outputs=3,
-        kind="classification",
+        kind=TaskKind.CLASSIFICATION,
         input_names={"fixation": [0], "stimulus": [1, 2]},
         output_names={"fixation": [0], "choice": [1, 2]},
         decision_period="decision",
@@ -102,15 +102,15 @@ def test_describe_perceptual_decision_making():
     )
 
 
-def test_describe_regression_and_missing_decision_period():
-    spec = describe(make_task("PathIntegration-v0", dt=20))
-    assert (spec.kind, spec.n_inputs, spec.n_outputs, spec.decision_period) == ("regression", 3, 2, None)
+def test_task_spec_regression_and_missing_decision_period():
+    spec = task_spec(make_task("PathIntegration-v0", dt=20))
+    assert (spec.kind, spec.n_inputs, spec.n_outputs, spec.decision_period) == (TaskKind.REGRESSION, 3, 2, None)
     assert spec.input_names == {"angular_velocity": [0], "heading": [1, 2]}
-    assert describe(make_task("ReadySetGo-v0", dt=20), decision_period="production").decision_period == "production"
+    assert task_spec(make_task("ReadySetGo-v0", dt=20), decision_period="production").decision_period == "production"
     assert spec.input_labels == ["angular_velocity", "heading 0", "heading 1"] and spec.output_labels == ["cos", "sin"]
-    tone = describe(make_task("ToneDetection-v0", dt=20), decision_period=None)
+    tone = task_spec(make_task("ToneDetection-v0", dt=20), decision_period=None)
     assert tone.input_names == {} and tone.input_labels == ["in 0"]
-    pdm = describe(make_task("PerceptualDecisionMaking-v0", dt=20))
+    pdm = task_spec(make_task("PerceptualDecisionMaking-v0", dt=20))
     assert pdm.input_labels == ["fixation", "stimulus 0", "stimulus 1"] and pdm.output_labels == ["fixation", "choice 0", "choice 1"]
 
 
@@ -118,9 +118,9 @@ def test_classification_needs_its_decision_period():
     """Accuracy is read in the decision period: a name the task lacks is an error, not a run without one."""
     with pytest.raises(ValueError, match=r"^task\.decision_period: 'decison' is not a period of PerceptualDecisionMaking-v0 "
                                          r"\(periods: fixation, stimulus, delay, decision; null for none"):
-        describe(make_task("PerceptualDecisionMaking-v0", dt=20), decision_period="decison")
+        task_spec(make_task("PerceptualDecisionMaking-v0", dt=20), decision_period="decison")
     with pytest.raises(ValueError, match=r"'decision' is not a period of ToneDetection-v0 \(periods: stimulus, toneTiming"):
-        describe(make_task("ToneDetection-v0", dt=20))
+        task_spec(make_task("ToneDetection-v0", dt=20))
 
 
 def test_unknown_task_name():
@@ -177,7 +177,7 @@ def test_user_task_from_env_var(tmp_path, monkeypatch):
     (tmp_path / "b").mkdir()
     monkeypatch.setenv("NN4N_TASK_PATH", f"{tmp_path / 'b'}:{tmp_path / 'a'}")
     assert "UserSignTaskB-v0" in available_tasks()
-    assert describe(make_task("UserSignTaskB-v0", dt=20)).n_inputs == 1
+    assert task_spec(make_task("UserSignTaskB-v0", dt=20)).n_inputs == 1
     monkeypatch.setenv("NN4N_TASK_PATH", str(tmp_path / "missing"))
     with pytest.raises(ValueError, match=r"^task\.dirs: '.*missing' is not a directory$"):
         available_tasks()

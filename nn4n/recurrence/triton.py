@@ -15,9 +15,10 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from .engines import ACTIVATIONS, _h0_alpha_grads, _step_alpha, triton_runs_on
+from . import ACTIVATIONS, triton_runs_on
+from .rates import RATES
+from .step import h0_alpha_grads, step_alpha
 
-ACT_CODES = {"relu": 0, "tanh": 1, "softplus": 2, "sigmoid": 3, "retanh": 4}
 BLOCK_B = 16  # trials per program (the smallest tile tl.dot takes)
 BLOCK_K = 16  # inner dimension of each chunk of the recurrent product
 
@@ -31,6 +32,7 @@ def _tanh(x):
 
 @triton.jit
 def _act(v, ACT: tl.constexpr):
+    """``f(v)`` for the rate function at position ``ACT`` of ``nn4n.recurrence.ACTIVATIONS``."""
     if ACT == 0:
         r = tl.maximum(v, 0.0)
     elif ACT == 1:
@@ -186,7 +188,7 @@ class TritonRecurrence(torch.autograd.Function):
         z_all = torch.empty_like(d) if need_z else d
         _forward_kernel[(k * triton.cdiv(b, BLOCK_B),)](
             d, _stacked(h0, 3), _padded(w_rec.mT), _stacked(alpha.expand(w_rec.shape[:-1]), 2), rates, preact, z_all,
-            b, t_len, n, ACT=ACT_CODES[activation], KEEP_V=keep_v, KEEP_Z=need_z, **_launch_args(d.dtype, n),
+            b, t_len, n, ACT=ACTIVATIONS.index(activation), KEEP_V=keep_v, KEEP_Z=need_z, **_launch_args(d.dtype, n),
         )
         ctx.activation, ctx.shape = activation, drive.shape
         ctx.save_for_backward(h0, w_rec, alpha, rates, preact if keep_v else None, z_all if need_z else None)
@@ -201,7 +203,7 @@ class TritonRecurrence(torch.autograd.Function):
         h0, w_rec, alpha, rates, preact, z_all = ctx.saved_tensors
         k, b, t_ext, n = rates.shape
         act, shape = ctx.activation, ctx.shape
-        a = _step_alpha(alpha, w_rec)
+        a = step_alpha(alpha, w_rec)
         w_a = a.mT * w_rec  # dL/dr_{t-1} = (a * dL/dv_t) W
         gv = rates.new_zeros(k, b, t_ext, n)
         g_r = g_rates.reshape(k, b, t_ext - 1, n).contiguous()
@@ -209,18 +211,30 @@ class TritonRecurrence(torch.autograd.Function):
         _backward_kernel[(k * triton.cdiv(b, BLOCK_B),)](
             g_r, g_p, rates, preact if preact is not None else g_r, _padded(w_a),
             _stacked(alpha.expand(w_rec.shape[:-1]), 2), gv, b, t_ext - 1, n,
-            ACT=ACT_CODES[act], HAS_GP=g_preact is not None, **_launch_args(rates.dtype, n),
+            ACT=ACTIVATIONS.index(act), HAS_GP=g_preact is not None, **_launch_args(rates.dtype, n),
         )
         need = ctx.needs_input_grad
         stacked = len(shape) == 4
         unstack = (lambda x: x) if stacked else (lambda x: x[0])
-        r0 = ACTIVATIONS[act](h0)
+        r0 = RATES[act].f(h0)
         preact_s = preact.view(shape) if preact is not None else None
         z_s = z_all.view(shape) if z_all is not None else None
-        g_h0, g_alpha = _h0_alpha_grads(need, unstack(gv)[..., :-1, :], act, h0, r0, w_a, alpha, preact_s, z_s)
+        g_h0, g_alpha = h0_alpha_grads(need, unstack(gv)[..., :-1, :], act, h0, r0, w_a, alpha, preact_s, z_s)
         gv.mul_(_stacked(a, 3).unsqueeze(-2))  # dL/d drive_t = a dL/dv_t; slot T stays zero
         g_w = None
         if need[2]:  # slot t of gv pairs with slot t of rates (r_{t-1}); slot T is zero
             g_w = unstack(gv.flatten(1, 2).mT @ rates.flatten(1, 2))
         return unstack(gv[:, :, :-1]), g_h0, g_w, g_alpha, None, None
 
+
+
+def run(
+    drive: torch.Tensor,
+    h0: torch.Tensor,
+    w_rec: torch.Tensor,
+    alpha: torch.Tensor,
+    activation: str,
+    return_preact: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Same as :func:`nn4n.recurrence.reference.run`, one Triton kernel per direction."""
+    return TritonRecurrence.apply(drive, h0, w_rec, alpha, activation, return_preact)

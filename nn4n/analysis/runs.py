@@ -1,4 +1,4 @@
-"""Notebook access to a finished (or running) run: its model, its config and fresh activity records."""
+"""A finished (or running) run's network, its config, and fresh activity records from it."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,13 +9,15 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from .checkpoint import load_checkpoint
-from .config import Config
-from .ensemble import network_seed
-from .evaluate import activity_record, evaluate
-from .model import CTRNN
-from .structure import check_seed, select_neurons
-from .train import EVAL_SEED_OFFSET, network_dir, resolve, sampler
+from ..checkpoint import load_checkpoint
+from ..config import Config
+from ..ensemble import network_seed
+from ..evaluate import activity_record, evaluate
+from ..experiment import held_out, resolve
+from ..model import CTRNN
+from ..rundir import last_checkpoint, network_dir
+from ..structure import select_neurons
+from ..validate import seed as check_seed
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", network: int = 0) -> tuple[CTRNN, Config]:
@@ -41,7 +43,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", network: int = 0) ->
     if checkpoint == "best":
         return CTRNN.load(network_dir(run_dir, network, n_networks) / "checkpoints" / "best.pt"), cfg
     model = CTRNN(cfg.model)
-    model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")["models"][network])
+    model.load_state_dict(load_checkpoint(last_checkpoint(run_dir))["models"][network])
     return model, cfg
 
 
@@ -71,19 +73,18 @@ def activity_from_run(
         check_seed(seed, "seed")
     model, cfg = load_run(run_dir, checkpoint, network)
     task = dataclasses.replace(cfg.task, timing={**cfg.task.timing, **(timing or {})}, params={**cfg.task.params, **(params or {})})
-    trial_seed = cfg.seed + EVAL_SEED_OFFSET if seed is None else seed
-    held_out = sampler(task, n_trials, trial_seed)
+    trials = held_out(dataclasses.replace(cfg, task=task), n_trials, seed)
     try:
-        spec = held_out.spec
+        spec = trials.spec
     except ValueError as err:  # an unknown period or parameter, a bad duration: named as the arguments are
         raise ValueError(str(err).removeprefix("task.")) from None
     net = model.config
     if (spec.n_inputs, spec.n_outputs) != (net.input_size, net.output_size):
         raise ValueError(f"params: the task then has {spec.n_inputs} inputs and {spec.n_outputs} outputs, "
                          f"the network in {run_dir} {net.input_size} and {net.output_size}")
-    batch = held_out.batch(0)
+    batch = trials.batch(0)
     with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
-        torch.manual_seed(trial_seed)
+        torch.manual_seed(trials.seed)
         _, outputs, activity = evaluate(model, batch, spec.kind, noise)
     return activity_record(model, batch, outputs, activity, spec)
 

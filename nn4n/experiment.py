@@ -1,0 +1,52 @@
+"""From a composed config to what a run works with: the checked :class:`Config` with the task's sizes filled
+in, the task's :class:`TaskSpec`, the run's objective, and the samplers of its training and held-out trials.
+Training and analysis both start here."""
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from .config import Config, TaskConfig, check_schema, to_config
+from .data import TrialSampler
+from .errors import ConfigError
+from .metrics import Objective, objective
+from .tasks import TaskSpec
+
+EVAL_SEED_OFFSET = 2**31  # held-out trials come from a seed stream training never uses
+
+
+def sampler(t: TaskConfig, batch_size: int, seed: int) -> TrialSampler:
+    """Batches of task ``t`` that depend only on (seed, batch index)."""
+    return TrialSampler(t.name, t.dt, batch_size, seed, t.timing, t.params, t.dirs, t.decision_weight, t.decision_period)
+
+
+def held_out(cfg: Config, n_trials: int | None = None, seed: int | None = None) -> TrialSampler:
+    """The run's held-out trials (``train.eval_trials`` of them unless ``n_trials``), from their own seed stream."""
+    return sampler(cfg.task, n_trials or cfg.train.eval_trials, cfg.seed + EVAL_SEED_OFFSET if seed is None else seed)
+
+
+def task_spec(t: TaskConfig) -> TaskSpec:
+    """The spec of task ``t``; a task that cannot be made, or fails on its first trial, is a one-line ConfigError."""
+    try:
+        return sampler(t, 1, 0).spec
+    except ValueError as err:
+        raise ConfigError(str(err).splitlines()[0]) from None
+    except Exception as err:  # the task's own code (a user's task, say) failed on its first trial
+        raise ConfigError(f"task.name: {t.name} failed on its first trial: {type(err).__name__}: {err}") from err
+
+
+def run_objective(cfg: Config, spec: TaskSpec) -> Objective:
+    """The objective ``train.objective`` names for this task."""
+    try:
+        return objective(spec.kind, cfg.train.objective)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def resolve(raw: DictConfig | dict) -> Config:
+    """Validate a composed config and fill in what the task decides (input/output sizes, dt)."""
+    cfg = check_schema(raw)
+    spec = task_spec(to_config(cfg.task))
+    cfg.model.input_size, cfg.model.output_size, cfg.model.dt = spec.n_inputs, spec.n_outputs, spec.dt
+    config = to_config(cfg)
+    run_objective(config, spec)
+    return config

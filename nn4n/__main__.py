@@ -1,3 +1,4 @@
+"""``python -m nn4n``: the same as ``nn4n-train``."""
 from .cli import main
 
 main()

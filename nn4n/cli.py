@@ -26,16 +26,7 @@ _FULL_ERROR = "NN4N_FULL_ERROR"  # the user's own HYDRA_FULL_ERROR setting
 register_schema()
 
 
-def _direction(setting: str, task: DictConfig) -> str:
-    """``maximize`` or ``minimize``: how a sweeper (Optuna) optimises what the jobs return (``train.objective``)."""
-    from .config import TaskConfig
-    from .experiment import task_spec
-    from .metrics import objective
 
-    return objective(task_spec(TaskConfig(**OmegaConf.to_container(task, resolve=True))).kind, setting).direction
-
-
-OmegaConf.register_new_resolver("nn4n.direction", _direction)
 # configs/hydra/launcher/submitit_local.yaml spells out the plugin's config of the same name
 warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/submitit_local' is validated against ConfigStore schema")
 

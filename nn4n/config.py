@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -19,6 +19,9 @@ from .recurrence import ENGINES
 from .regularizers import Regularizers
 from .structure import NetworkConfig
 from .validate import check, choice, integer, is_number, non_negative, positive, seed
+
+if TYPE_CHECKING:
+    from .tasks import TaskSpec
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "step")
@@ -40,6 +43,13 @@ class TaskConfig:
     def __post_init__(self) -> None:
         positive(self.dt, "task.dt")
         non_negative(self.decision_weight, "task.decision_weight")
+
+    def spec(self) -> TaskSpec:
+        """The task's sizes, channel names and kind; makes the task (imports NeuroGym). A bad name, period or
+        parameter raises a one-line ValueError naming its key."""
+        from .tasks import make_task, task_spec
+
+        return task_spec(make_task(self.name, self.dt, self.timing, self.params, self.dirs), self.decision_period)
 
 
 @dataclass
@@ -139,16 +149,31 @@ def one_line(err: OmegaConfBaseException) -> str:
     return f"{key}: {message}" if key else message
 
 
+def _task(node: DictConfig) -> TaskConfig:
+    return TaskConfig(**OmegaConf.to_container(node, resolve=True))  # type: ignore[arg-type]
+
+
+def _direction(setting: str, task: DictConfig) -> str:
+    """``maximize`` or ``minimize``: how a sweeper (Optuna) optimises what the jobs return (``train.objective``)."""
+    from .metrics import objective
+
+    return objective(_task(task).spec().kind, setting).direction
+
+
 def register_schema() -> None:
     """Make the schema Hydra's base config (``nn4n_schema`` in config.yaml's defaults): every key
-    exists, so any of them can be overridden from the command line without ``+``."""
+    exists, so any of them can be overridden from the command line without ``+``. Also the resolvers
+    configs/ use: ``${nn4n.task:n_inputs,${task}}`` (the model's sizes are the task's) and
+    ``${nn4n.direction:${train.objective},${task}}`` (the Optuna preset's direction)."""
     ConfigStore.instance().store(name="nn4n_schema", node=Config)
+    OmegaConf.register_new_resolver("nn4n.task", lambda field, task: getattr(_task(task).spec(), field), replace=True)
+    OmegaConf.register_new_resolver("nn4n.direction", _direction, replace=True)
 
 
 def _reject_targets(node: Any, path: str = "") -> None:
     """nn4n never instantiates objects named in a config; a ``_target_`` key is an error, not a no-op."""
     if isinstance(node, (dict, DictConfig)):
-        for key, value in node.items():
+        for key, value in (node.items_ex(resolve=False) if isinstance(node, DictConfig) else node.items()):
             if key in ("_target_", "_partial_", "_args_"):
                 raise ConfigError(f"{path}{key}: unknown key (configs name values, never code to import)")
             _reject_targets(value, f"{path}{key}.")

@@ -92,6 +92,8 @@ class NetworkConfig:
     ``projections[to][from]`` overrides the default density of the (post=to, pre=from) block.
     ``dale`` makes every neuron excitatory or inhibitory (``exc_frac`` of each area excitatory);
     without it all neurons are unconstrained (sign 0).
+    ``input_areas`` and ``readout_areas`` left empty mean the first area and the last area (in declaration
+    order); the network summary marks each area's role.
     """
 
     areas: dict[str, Area] = field(default_factory=dict)

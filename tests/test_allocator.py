@@ -43,6 +43,7 @@ def later_faults(mode: str, shape: tuple[int, ...]) -> int:
 # Without the setting glibc maps a 52 MB buffer (N=256, batch 256, T=200) afresh in every step: it lies above
 # the 32 MiB ceiling of glibc's dynamic mmap threshold. A 6.5 MB one is mapped afresh only until that threshold
 # adapts, which depends on what the process freed before, so only the setting's own effect is asserted for it.
+@pytest.mark.slow
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_without_the_setting_each_step_faults_large_buffers_in_afresh() -> None:
     shape = (256, 200, 256)
@@ -51,6 +52,7 @@ def test_without_the_setting_each_step_faults_large_buffers_in_afresh() -> None:
     assert later_faults("false", shape) >= page_per_buffer
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 @pytest.mark.parametrize("shape", [(64, 100, 256), (256, 200, 256)])
 def test_trainer_makes_each_step_reuse_the_last_steps_pages(shape: tuple[int, ...]) -> None:

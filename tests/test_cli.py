@@ -33,6 +33,7 @@ def debug_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cwd / "run"
 
 
+@pytest.mark.slow
 def test_run_directory(debug_run: Path) -> None:
     names = {p.name for p in debug_run.iterdir()}
     assert {".hydra", "nn4n.log", "checkpoints", "tensorboard", "metrics.json", "activity.npz"} <= names
@@ -44,6 +45,7 @@ def test_run_directory(debug_run: Path) -> None:
     assert log.rstrip().endswith(f"results in {debug_run.resolve()}")
 
 
+@pytest.mark.slow
 def test_tensorboard_events(debug_run: Path) -> None:
     acc = EventAccumulator(str(debug_run / "tensorboard"), size_guidance={"scalars": 0, "images": 0}).Reload()
     tags = acc.Tags()
@@ -51,6 +53,7 @@ def test_tensorboard_events(debug_run: Path) -> None:
                 "rates/sensory/E", "rates/sensory/I", "rates/motor/E", "silent/motor", "weights/spectral_radius"]:
         assert tag in tags["scalars"], tag
     assert [e.step for e in acc.Scalars("loss/task")] == [5, 10, 15, 20]
+    assert [e.step for e in acc.Scalars("eval/accuracy")] == [0, 10, 20]  # the curve starts at the untrained network
     assert all(np.isfinite(e.value) and e.value > 0 for e in acc.Scalars("loss/task"))
     for tag in ["w_rec/motor<-sensory", "w_rec/sensory<-motor", "w_in", "w_out", "neuron_mean_rate/motor"]:
         assert tag in tags["histograms"], tag
@@ -63,16 +66,19 @@ def test_tensorboard_events(debug_run: Path) -> None:
     metrics = json.loads((debug_run / "metrics.json").read_text())
     params, hparam_metrics = hparams_session(debug_run / "tensorboard")
     assert hparam_metrics["eval/accuracy"] == [(20, pytest.approx(metrics["accuracy"]))] and params["train.steps"] == 20
+    assert set(hparam_metrics) == {"eval/loss", "eval/accuracy"}  # no one-point charts of their own
     assert acc.Scalars("eval/accuracy")[-1].value == pytest.approx(metrics["accuracy"])
     assert "config" in " ".join(tags["tensors"])  # resolved config as text
 
 
+@pytest.mark.slow
 def test_activity_arrays_show_biology(debug_run: Path) -> None:
     act = np.load(debug_run / "activity.npz")
     n_trials, n_steps, n = act["rates"].shape
     assert n_trials == 32 and n == 192 and act["w_rec"].shape == (n, n)
     for key in ["inputs", "outputs", "targets", "mask", "w_in", "w_out", "sign", "area", "choice", "cond_ground_truth", "epoch_decision"]:
         assert key in act.files, key
+    assert str(act["kind"]) == "classification"
     sign, w_rec, w_out, area = act["sign"], act["w_rec"], act["w_out"], act["area"]
     assert (w_rec[:, sign > 0] >= 0).all() and (w_rec[:, sign < 0] <= 0).all()  # Dale, post x pre
     assert (w_out[:, sign < 0] == 0).all()  # readout from excitatory neurons only
@@ -84,6 +90,7 @@ def test_activity_arrays_show_biology(debug_run: Path) -> None:
     assert density == pytest.approx(0.2, abs=0.01)
 
 
+@pytest.mark.slow
 def test_checkpoints_reload(debug_run: Path) -> None:
     model = CTRNN.load(debug_run / "checkpoints" / "best.pt")
     state = load_checkpoint(debug_run / "checkpoints" / "last.pt")
@@ -96,6 +103,7 @@ def test_checkpoints_reload(debug_run: Path) -> None:
     np.testing.assert_allclose(outputs.detach().numpy(), act["outputs"][:4], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "override, key",
     [
@@ -130,6 +138,7 @@ def test_hydra_errors_are_one_line(tmp_path: Path, override: str, message: str) 
     assert len(run.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_full_error_shows_traceback(tmp_path: Path) -> None:
     run = nn4n_train("train.lr=-1", "hydra.run.dir=run", cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
     assert run.returncode != 0 and "Traceback" in run.stderr and "train.lr: must be a finite number > 0" in run.stderr
@@ -143,6 +152,7 @@ def test_default_network_learns(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["accuracy"] >= 0.75
 
 
+@pytest.mark.slow
 def test_figures_from_a_run_in_python(debug_run: Path) -> None:
     """Notebook route: a run directory gives the model, its config, fresh activity and figures."""
     from nn4n import figures
@@ -163,6 +173,7 @@ def test_figures_from_a_run_in_python(debug_run: Path) -> None:
     assert list(saved["output_labels"]) == ["fixation", "choice 0", "choice 1"]
 
 
+@pytest.mark.slow
 def test_activity_from_run_probes_other_trials_and_settings(debug_run: Path) -> None:
     """Beyond the held-out trials: another seed, a longer delay than trained with, one coherence only."""
     from nn4n.analysis import activity_from_run
@@ -186,6 +197,7 @@ def test_activity_from_run_probes_other_trials_and_settings(debug_run: Path) -> 
     assert 1e-3 < drift < 0.2, drift  # model.noise.rec 0.05: variability of that order, not a different network
 
 
+@pytest.mark.slow
 def test_load_run_names_a_directory_that_is_not_a_run(debug_run: Path) -> None:
     from nn4n.analysis import load_run
 

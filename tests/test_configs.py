@@ -1,14 +1,16 @@
 """Every shipped config composes, validates and builds a network and a batch of its task."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_module
 
 import nn4n_configs
 from nn4n import CTRNN
-from nn4n.config import Config, register_schema
+from nn4n.config import Config, TaskConfig, register_schema
 from nn4n.experiment import resolve, sampler
 from nn4n.tasks import TaskKind
 
@@ -36,7 +38,7 @@ def test_every_task_preset(task: str) -> None:
     if data.spec.kind is TaskKind.CLASSIFICATION:
         assert batch.decision.any(1).all(), f"{task}: decision period {cfg.task.decision_period!r} never occurs"
     else:
-        assert cfg.task.decision_period is None
+        assert data.spec.decision_period is None
     silent = (sampler(cfg.task, 64, 0).batch(0).inputs.abs().amax((0, 1)) == 0).nonzero().flatten().tolist()
     assert not silent, f"{task}: input channels {silent} are zero in every trial (e.g. a cue shorter than dt)"
 
@@ -76,3 +78,10 @@ def test_long_training_preset() -> None:
     train = compose_config(["train=long"]).train
     assert (train.lr, train.steps, train.schedule) == (0.003, 2000, "cosine")
     assert train.batch_size == compose_config([]).train.batch_size  # everything else from train/default
+
+
+@pytest.mark.parametrize("preset", options("task"))
+def test_task_presets_hold_only_what_differs_from_the_schema(preset: str) -> None:
+    values = yaml.safe_load((CONFIGS / "task" / f"{preset}.yaml").read_text())
+    defaults = dataclasses.asdict(TaskConfig())
+    assert "name" in values and not {k: v for k, v in values.items() if k != "name" and defaults[k] == v}

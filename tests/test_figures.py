@@ -212,3 +212,16 @@ def test_load_activity_roundtrip(act, tmp_path):
     assert type(loaded) is dict and set(loaded) == set(act)
     for k, v in act.items():
         np.testing.assert_array_equal(loaded[k], v)
+
+
+def test_pca_legend_follows_the_conditions_values_not_the_trials(act):
+    first_strongest = act | {"cond_coh": np.roll(act["cond_coh"], -4)}  # trial 0 has coherence 51.2
+    legend = figures.pca_trajectories(first_strongest, color_by="coh").axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == [f"coh={c}" for c in COHS]  # 6.4 second, not last
+
+
+def test_periods_absent_from_a_trial_are_not_labelled(act):
+    absent = act | {"epoch_delay": np.tile([15, 15], (len(act["lengths"]), 1))}  # zero length, at the decision's start
+    for fig in (figures.trial_io(absent), figures.activity_heatmap(absent)):
+        names = [t.get_text() for ax in fig.axes for t in ax.texts]
+        assert "delay" not in names and {"fixation", "stimulus", "decision"} <= set(names)

@@ -108,3 +108,16 @@ def test_accuracy_is_nan_without_decision_period():
     batch = TrialSampler("SineWave-v0", dt=20, batch_size=4, seed=0).batch(0)
     assert not batch.decision.any()
     assert math.isnan(decision_accuracy(torch.zeros(*batch.targets.shape[:2], 2), batch))
+
+
+def test_objective_defaults_by_kind_and_signs_its_score():
+    from nn4n.metrics import objective
+
+    acc, mse = objective(TaskKind.CLASSIFICATION), objective(TaskKind.REGRESSION)
+    assert (acc.metric, acc.direction, mse.metric, mse.direction) == ("accuracy", "maximize", "mse", "minimize")
+    assert acc.score({"accuracy": 0.9}) == 0.9 and mse.score({"mse": 0.25}) == -0.25  # higher is better
+    assert mse.score({"mse": 0.1}) > mse.score({"mse": 0.2}) and mse.score({"mse": float("nan")}) == float("-inf")
+    r2 = objective(TaskKind.REGRESSION, "r2")
+    assert (r2.direction, r2.value({"r2": 0.5, "mse": 1.0})) == ("maximize", 0.5)
+    with pytest.raises(ValueError, match=r"^train\.objective: accuracy is not reported for regression tasks; choose one of auto, loss, mse, r2$"):
+        objective(TaskKind.REGRESSION, "accuracy")

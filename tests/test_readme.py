@@ -4,27 +4,34 @@ from __future__ import annotations
 import re
 import shlex
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from omegaconf import OmegaConf
 
 from nn4n.config import register_schema
 from nn4n.experiment import resolve
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+DOCS = README + "".join(path.read_text() for path in sorted((ROOT / "docs").glob("*.md")))
 register_schema()
 
 
 def single_runs() -> list[str]:
-    """``nn4n-train`` lines, less sweeps, ``--cfg`` and other config folders (tested in test_sweep, test_cli)."""
-    runs = [line.split("#")[0].strip() for line in README.splitlines() if line.startswith("nn4n-train ")]
-    return [run for run in runs if not any(flag in run for flag in (" -m ", "--cfg", "--config-dir", "task.dirs"))]
+    """``nn4n-train`` lines of the README and docs/, less sweeps, ``--cfg``, ``resume=`` and other config
+    folders (tested in test_sweep, test_cli, test_robustness)."""
+    blocks = "\n".join(re.findall(r"```bash\n(.*?)```", DOCS, re.S))
+    runs = {line.split("#")[0].strip() for line in blocks.splitlines() if line.startswith("nn4n-train ")}
+    skip = (" -m ", "--cfg", "--config-dir", "task.dirs", "resume=", "...", "<")
+    return sorted(run for run in runs if not any(flag in run for flag in skip))
 
 
 def test_readme_has_examples() -> None:
-    assert len(single_runs()) >= 6
+    assert len(single_runs()) >= 10
 
 
 @pytest.mark.parametrize("run", single_runs())
@@ -36,7 +43,18 @@ def test_command_composes_and_takes_effect(run: str) -> None:
     resolve(composed)
     for override in OverridesParser.create().parse_overrides(overrides):
         if "." in override.key_or_group:  # a value, not a config group choice
-            assert OmegaConf.select(composed, override.key_or_group) == override.value(), override.input_line
+            assert contains(OmegaConf.to_container(composed, resolve=False), override), override.input_line
+
+
+def contains(composed: dict, override: Override) -> bool:
+    """The composed config holds the override's value (every entry of a dict merged in with ``++``)."""
+    node: Any = composed
+    for part in override.key_or_group.split("."):
+        node = node[part]
+    value = override.value()
+    if isinstance(value, dict) and override.is_force_add():
+        return all(node[k] | v == node[k] for k, v in value.items())
+    return node == value
 
 
 def test_python_without_hydra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,6 +69,7 @@ def test_python_without_hydra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert namespace["activity"].area("PFC").shape == (8, 100, 64) and (tmp_path / "net.pt").exists()
 
 
+@pytest.mark.slow
 def test_loading_a_run_in_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The "Loading a run's results" block, run on a real two-area run (its area names put in)."""
     from nn4n.train import train

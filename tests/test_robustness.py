@@ -56,6 +56,9 @@ BAD_CONFIGS = [
     ("train.optimizer=adamax", "train.optimizer"),
     ("train.schedule=linear", "train.schedule"),
     ("train.engine=warp", "train.engine"),
+    ("train.objective=accuracy task=sine_wave", "train.objective: accuracy is not reported for regression tasks"),
+    ("train.objective=mse", "train.objective: mse is not reported for classification tasks"),
+    ("train.objective=speed", "train.objective: speed is not reported"),
     ("train.device=tpu", "train.device"),
     ("model.activation=gelu", "model.activation"),
     ("model.init.dist=cauchy", "model.init.dist"),
@@ -111,7 +114,7 @@ def cli_in_process(argv: list[str], monkeypatch: pytest.MonkeyPatch, cwd: Path) 
 @pytest.mark.parametrize("override, key", [c for c in BAD_CONFIGS if c[1]], ids=[c[0] for c in BAD_CONFIGS if c[1]])
 def test_bad_config_table(override: str, key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                           capsys: pytest.CaptureFixture) -> None:
-    code = cli_in_process(["debug=fast", override, "hydra.run.dir=run"], monkeypatch, tmp_path)
+    code = cli_in_process(["debug=fast", *override.split(" "), "hydra.run.dir=run"], monkeypatch, tmp_path)
     err = capsys.readouterr().err.strip()
     assert code != 0, override
     assert "Traceback" not in err and key in err, err
@@ -211,6 +214,7 @@ class Exploit:
         return (os.system, (f"touch {Path.cwd() / 'pwned'}",))
 
 
+@pytest.mark.slow
 def test_malicious_checkpoint_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     evil = tmp_path / "evil.pt"
@@ -396,8 +400,9 @@ def test_sigterm_saves_checkpoint_and_exits(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
     proc = start(tmp_path, "run", "train.lr=1e30", "train.checkpoint_every=1", "train.grad_clip=0", "model.activation=relu")
-    _, err = proc.communicate(timeout=300)
+    out, err = proc.communicate(timeout=300)
     assert proc.returncode == 3 and "not finite" in err and "Traceback" not in err
+    assert "not finite" not in out and "not finite" in (tmp_path / "run" / "nn4n.log").read_text()  # once in the terminal, and in the log
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert all(torch.isfinite(t).all() for t in state["models"][0].values())
     assert f"step {state['step'] + 1}:" in err and not (tmp_path / "run" / "metrics.json").exists()

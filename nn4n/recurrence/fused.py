@@ -78,13 +78,7 @@ class _Fused(torch.autograd.Function):
         return gv, g_h0, g_w, g_alpha, None, None
 
 
-def run(
-    drive: torch.Tensor,
-    h0: torch.Tensor,
-    w_rec: torch.Tensor,
-    alpha: torch.Tensor,
-    activation: str,
-    return_preact: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+def run(drive: torch.Tensor, h0: torch.Tensor, w_rec: torch.Tensor, alpha: torch.Tensor, activation: str,
+        return_preact: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Same as :func:`nn4n.recurrence.reference.run`, as one autograd node with a hand-written backward."""
     return _Fused.apply(drive, h0, w_rec, alpha, activation, return_preact)

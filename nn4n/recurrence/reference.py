@@ -7,14 +7,8 @@ from .rates import RATES
 from .step import step_alpha, time_major
 
 
-def run(
-    drive: torch.Tensor,
-    h0: torch.Tensor,
-    w_rec: torch.Tensor,
-    alpha: torch.Tensor,
-    activation: str,
-    return_preact: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+def run(drive: torch.Tensor, h0: torch.Tensor, w_rec: torch.Tensor, alpha: torch.Tensor, activation: str,
+        return_preact: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Rates (and on request ``v``) after each step. ``drive`` (B, T, N), ``h0`` (B, N), ``w_rec`` (N, N)
     ``[post, pre]``, ``alpha`` (N,); results (B, T, N), laid out time-major.
 

@@ -228,13 +228,7 @@ class TritonRecurrence(torch.autograd.Function):
 
 
 
-def run(
-    drive: torch.Tensor,
-    h0: torch.Tensor,
-    w_rec: torch.Tensor,
-    alpha: torch.Tensor,
-    activation: str,
-    return_preact: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+def run(drive: torch.Tensor, h0: torch.Tensor, w_rec: torch.Tensor, alpha: torch.Tensor, activation: str,
+        return_preact: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Same as :func:`nn4n.recurrence.reference.run`, one Triton kernel per direction."""
     return TritonRecurrence.apply(drive, h0, w_rec, alpha, activation, return_preact)

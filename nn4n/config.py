@@ -36,13 +36,15 @@ class TaskConfig:
     dt: float = 20.0
     timing: dict[str, Any] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
-    decision_period: str | None = "decision"
+    decision_period: Any = "decision"  # the response period, a list of them (each scored), or null
     decision_weight: float = 5.0
+    trials_per_row: int = 1  # consecutive trials per batch row, the state carried across (block rules, history)
     dirs: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         positive(self.dt, "task.dt")
         non_negative(self.decision_weight, "task.decision_weight")
+        integer(self.trials_per_row, "task.trials_per_row")
 
     def spec(self) -> TaskSpec:
         """The task's sizes, channel names and kind; makes the task (imports NeuroGym). A bad name, period or
@@ -157,7 +159,7 @@ def _direction(setting: str, task: DictConfig) -> str:
     """``maximize`` or ``minimize``: how a sweeper (Optuna) optimises what the jobs return (``train.objective``)."""
     from .metrics import objective
 
-    return objective(_task(task).spec().kind, setting).direction
+    return objective(_task(task).spec(), setting).direction
 
 
 def register_schema() -> None:

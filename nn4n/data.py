@@ -1,4 +1,5 @@
-"""Trial-aligned batches: one trial per row, starting at step 0, zero-padded to the longest."""
+"""Trial-aligned batches: one trial per row (or a few consecutive ones), starting at step 0 from rest,
+zero-padded to the longest row."""
 
 from __future__ import annotations
 
@@ -21,20 +22,29 @@ from torch.utils.data import DataLoader, Dataset
 
 from .tasks import TaskKind, TaskSpec, make_task, task_spec
 
-_TENSORS = ("inputs", "targets", "mask", "decision", "lengths")
+_TENSORS = ("inputs", "targets", "mask", "window", "lengths")
 
 
 @dataclass
 class TrialBatch:
-    """A batch of trials; steps past a trial's length are padding."""
+    """A batch of rows, each one trial or ``trials_per_row`` consecutive ones; steps past a row's length are padding.
+
+    A row's scored responses are its *windows*: response period ``p`` (of ``P`` named in
+    ``task.decision_period``) of its ``j``-th trial is window ``j * P + p + 1``.
+    """
 
     inputs: torch.Tensor  # (B, T, n_in) float32, zero-padded
     targets: torch.Tensor  # (B, T) int64 (classification) or (B, T, n_out) float32 (regression); padding 0
-    mask: torch.Tensor  # (B, T) float32 loss weight: 0 on padding, decision_weight in the decision period, else 1
-    decision: torch.Tensor  # (B, T) bool: True in the decision period
-    lengths: torch.Tensor  # (B,) int64 trial lengths in steps
-    conditions: dict[str, np.ndarray]  # numeric trial info from new_trial(), each (B,)
-    epochs: dict[str, np.ndarray]  # period -> (B, 2) int64 [start, end) steps; [0, 0) where absent
+    mask: torch.Tensor  # (B, T) float32 loss weight: 0 on padding, decision_weight in the response periods, else 1
+    window: torch.Tensor  # (B, T) int16: the response window a step belongs to (1, 2, ...), 0 outside them
+    lengths: torch.Tensor  # (B,) int64 row lengths in steps
+    conditions: dict[str, np.ndarray]  # numeric trial info from new_trial(), each (B,) (or (B, trials_per_row))
+    epochs: dict[str, np.ndarray]  # period -> (B, 2) int64 [start, end) steps, [0, 0) where absent; (B, trials_per_row, 2)
+
+    @property
+    def n_windows(self) -> int:
+        """Response windows per row: trials per row x response periods."""
+        return int(self.window.max()) if self.window.numel() else 0
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         """Pickle the tensors as numpy arrays, in band. Loader workers send batches this way: sending them as
@@ -93,11 +103,12 @@ class TrialSampler:
         params: Mapping[str, Any] | None = None,
         task_dirs: Sequence[str | Path] = (),
         decision_weight: float = 5.0,
-        decision_period: str | None = "decision",
+        decision_period: str | Sequence[str] | None = "decision",
+        trials_per_row: int = 1,
     ) -> None:
         self.name, self.dt, self.batch_size, self.seed = name, dt, batch_size, seed
         self.timing, self.params, self.task_dirs = timing, params, tuple(task_dirs)
-        self.decision_weight, self.decision_period = decision_weight, decision_period
+        self.decision_weight, self.decision_period, self.trials_per_row = decision_weight, decision_period, trials_per_row
         self._env: TrialEnv | None = None
         self._initial_state: dict[str, Any] = {}
         self._spec: TaskSpec | None = None
@@ -129,47 +140,57 @@ class TrialSampler:
         env.seed(int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0]))
         return env
 
-    def batch(self, index: int) -> TrialBatch:
-        """The index-th batch of trials (a pure function of seed and index)."""
-        spec = self.spec
-        env = self._reset(index)
-        infos, obs, gts, periods = [], [], [], []
-        for _ in range(self.batch_size):
-            env.start_ind.clear()  # NeuroGym never forgets periods of earlier trials
-            env.end_ind.clear()
-            infos.append(env.new_trial())
-            obs.append(env.ob.reshape(len(env.ob), -1))
-            gts.append(env.gt)
-            periods.append({p: (env.start_ind[p], env.end_ind[p]) for p in env.start_ind})
+    def _trial(self, env: TrialEnv) -> tuple[dict[str, Any], np.ndarray, np.ndarray, dict[str, tuple[int, int]]]:
+        """The env's next trial: its info, inputs (T, n_in), targets and periods ([start, end) steps)."""
+        env.start_ind.clear()  # NeuroGym never forgets periods of earlier trials
+        env.end_ind.clear()
+        info = env.new_trial()
+        ob = env.ob.reshape(len(env.ob), -1)
+        periods = {p: (min(max(env.start_ind[p], 0), len(ob)), min(max(env.end_ind[p], 0), len(ob))) for p in env.start_ind}
+        return info, ob, env.gt, periods
 
-        lengths = np.array([len(ob) for ob in obs], dtype=np.int64)
+    def batch(self, index: int) -> TrialBatch:
+        """The index-th batch (a pure function of seed and index): rows of ``trials_per_row`` consecutive trials."""
+        spec, n_trials = self.spec, self.trials_per_row
+        env = self._reset(index)
+        rows = [[self._trial(env) for _ in range(n_trials)] for _ in range(self.batch_size)]
+        lengths = np.array([sum(len(ob) for _, ob, _, _ in row) for row in rows], dtype=np.int64)
         n_batch, n_steps = self.batch_size, int(lengths.max())
         inputs = np.zeros((n_batch, n_steps, spec.n_inputs), dtype=np.float32)
         if spec.kind is TaskKind.CLASSIFICATION:
             targets = np.zeros((n_batch, n_steps), dtype=np.int64)
         else:
             targets = np.zeros((n_batch, n_steps, spec.n_outputs), dtype=np.float32)
-        epochs = {p: np.zeros((n_batch, 2), dtype=np.int64) for trial in periods for p in trial}
-        for b, (ob, gt, trial) in enumerate(zip(obs, gts, periods, strict=True)):
-            inputs[b, : len(ob)] = ob
-            targets[b, : len(gt)] = gt.reshape(len(gt), *targets.shape[2:])
-            for p, (start, end) in trial.items():
-                epochs[p][b] = min(max(start, 0), len(ob)), min(max(end, 0), len(ob))
-
-        decision = np.zeros((n_batch, n_steps), dtype=bool)
-        if spec.decision_period in epochs:
-            for b, (start, end) in enumerate(epochs[spec.decision_period]):
-                decision[b, start:end] = True
+        names = list(dict.fromkeys(p for row in rows for _, _, _, periods in row for p in periods))
+        epochs = {p: np.zeros((n_batch, n_trials, 2), dtype=np.int64) for p in names}
+        window = np.zeros((n_batch, n_steps), dtype=np.int16)
+        n_periods = len(spec.decision_periods)
+        for b, row in enumerate(rows):
+            offset = 0
+            for j, (_, ob, gt, periods) in enumerate(row):
+                inputs[b, offset:offset + len(ob)] = ob
+                targets[b, offset:offset + len(gt)] = gt.reshape(len(gt), *targets.shape[2:])
+                for p, (start, end) in periods.items():
+                    epochs[p][b, j] = offset + start, offset + end
+                for k, p in enumerate(spec.decision_periods):
+                    if p in periods:
+                        window[b, offset + periods[p][0]:offset + periods[p][1]] = j * n_periods + k + 1
+                offset += len(ob)
         mask = (np.arange(n_steps) < lengths[:, None]).astype(np.float32)
-        mask[decision] = self.decision_weight
+        mask[window > 0] = self.decision_weight
+        infos = [info for row in rows for info, _, _, _ in row]
         keys = [k for k in infos[0] if all(_is_condition(info.get(k)) for info in infos)]
+        conditions = {k: np.asarray([info[k] for info in infos]).reshape(n_batch, n_trials) for k in keys}
+        if n_trials == 1:  # one trial per row: per-trial arrays as (B,) and (B, 2)
+            conditions = {k: v[:, 0] for k, v in conditions.items()}
+            epochs = {p: v[:, 0] for p, v in epochs.items()}
         return TrialBatch(
             inputs=torch.from_numpy(inputs),
             targets=torch.from_numpy(targets),
             mask=torch.from_numpy(mask),
-            decision=torch.from_numpy(decision),
+            window=torch.from_numpy(window),
             lengths=torch.from_numpy(lengths),
-            conditions={k: np.asarray([info[k] for info in infos]) for k in keys},
+            conditions=conditions,
             epochs=epochs,
         )
 

@@ -9,29 +9,29 @@ import torch
 from .data import TrialBatch
 from .ensemble import Ensemble
 from .files import atomic_write
-from .metrics import choices, decision_targets, scores
+from .metrics import scores, trial_outcomes
 from .model import CTRNN, Activity
 from .tasks import TaskKind, TaskSpec
 
 
 @torch.no_grad()
-def evaluate(model: CTRNN, batch: TrialBatch, kind: TaskKind, noise: bool = False) -> tuple[dict[str, float], torch.Tensor, Activity]:
+def evaluate(model: CTRNN, batch: TrialBatch, spec: TaskSpec, noise: bool = False) -> tuple[dict[str, float], torch.Tensor, Activity]:
     """Run held-out trials, without the network's noise unless ``noise``; metrics as in :func:`nn4n.metrics.scores`."""
     was_training = model.training
     model.eval()
     outputs, activity = model(batch.inputs, noise=noise)
     model.train(was_training)
-    return scores(outputs, batch, kind), outputs, activity
+    return scores(outputs, batch, spec), outputs, activity
 
 
 @torch.no_grad()
-def evaluate_ensemble(ensemble: Ensemble, batch: TrialBatch, kind: TaskKind) -> list[tuple[dict[str, float], torch.Tensor, Activity]]:
+def evaluate_ensemble(ensemble: Ensemble, batch: TrialBatch, spec: TaskSpec) -> list[tuple[dict[str, float], torch.Tensor, Activity]]:
     """:func:`evaluate` for every network of ``ensemble`` on the same held-out trials, in one batched run."""
     was_training = ensemble.training
     ensemble.eval()
     outputs, activities = ensemble(batch.inputs.expand(len(ensemble), *batch.inputs.shape))
     ensemble.train(was_training)
-    return [(scores(out, batch, kind), out, act) for out, act in zip(outputs, activities)]
+    return [(scores(out, batch, spec), out, act) for out, act in zip(outputs, activities)]
 
 
 def activity_record(model: CTRNN, batch: TrialBatch, outputs: torch.Tensor, activity: Activity, spec: TaskSpec) -> dict[str, np.ndarray]:
@@ -57,9 +57,13 @@ def activity_record(model: CTRNN, batch: TrialBatch, outputs: torch.Tensor, acti
         **{f"cond_{k}": v for k, v in batch.conditions.items()},
         **{f"epoch_{k}": v for k, v in batch.epochs.items()},
     }
-    if spec.kind is TaskKind.CLASSIFICATION:
-        record["choice"] = choices(outputs, batch).cpu().numpy()
-        record["target_choice"] = decision_targets(batch).cpu().numpy()
+    if spec.kind is TaskKind.CLASSIFICATION and spec.decision_periods:
+        out = trial_outcomes(outputs, batch, spec)
+        record |= {"outcome": out.outcome, "choice": out.choice, "target_choice": out.target,
+                   "response_period": np.array(spec.decision_periods)[out.period.cpu().numpy()]}
+        if spec.prod_margin is not None:
+            record |= {"produced_interval": out.produced_interval, "target_interval": out.target_interval}
+        record |= {k: v.cpu().numpy() for k, v in record.items() if isinstance(v, torch.Tensor)}
     return record
 
 

@@ -16,7 +16,8 @@ EVAL_SEED_OFFSET = 2**31  # held-out trials come from a seed stream training nev
 
 def sampler(t: TaskConfig, batch_size: int, seed: int) -> TrialSampler:
     """Batches of task ``t`` that depend only on (seed, batch index)."""
-    return TrialSampler(t.name, t.dt, batch_size, seed, t.timing, t.params, t.dirs, t.decision_weight, t.decision_period)
+    return TrialSampler(t.name, t.dt, batch_size, seed, t.timing, t.params, t.dirs, t.decision_weight, t.decision_period,
+                        t.trials_per_row)
 
 
 def held_out(cfg: Config, n_trials: int | None = None, seed: int | None = None) -> TrialSampler:
@@ -37,7 +38,7 @@ def task_spec(t: TaskConfig) -> TaskSpec:
 def run_objective(cfg: Config, spec: TaskSpec) -> Objective:
     """The objective ``train.objective`` names for this task."""
     try:
-        return objective(spec.kind, cfg.train.objective)
+        return objective(spec, cfg.train.objective)
     except ValueError as err:
         raise ConfigError(str(err)) from None
 

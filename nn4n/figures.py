@@ -71,10 +71,10 @@ def _epochs(act: Record, trial: int, length: int) -> list[tuple[str, int, int]]:
     """(name, start, end) of each task epoch of a trial, clipped to its length, by start."""
     out = []
     for key in act:
-        if key.startswith("epoch_"):
-            start, end = (int(v) for v in act[key][trial])
-            if start < min(end, length):  # periods of zero length (absent in this trial) are not drawn
-                out.append((key[len("epoch_"):], start, min(end, length)))
+        if key.startswith("epoch_"):  # (rows, 2), or (rows, trials per row, 2)
+            for start, end in np.asarray(act[key][trial]).reshape(-1, 2).tolist():
+                if start < min(end, length):  # periods of zero length (absent in this trial) are not drawn
+                    out.append((key[len("epoch_"):], start, min(end, length)))
     return sorted(out, key=lambda e: e[1])
 
 
@@ -243,18 +243,18 @@ def psychometric_curve(act: Record, strength: str = "coh") -> Figure | None:
     """Fraction of trials choosing class 2 vs signed strength (negative when the correct choice is class 1);
     the axes name the classes by the record's ``output_labels``.
 
-    The denominator is all trials at a level (no-choice trials count as not choosing 2).
-    Returns None unless this is a 2-choice classification record with ``choice``,
-    ``target_choice`` (the correct class in the decision period) and ``cond_<strength>``.
+    The denominator is all trials at a level (aborted trials count as not choosing 2).
+    Returns None unless this is a 2-choice classification record with one response per trial (``choice``,
+    ``target_choice``: the correct class) and ``cond_<strength>``.
     """
     key = f"cond_{strength}"
-    if not (_is_classification(act) and "choice" in act and key in act and "target_choice" in act):
+    if not (_is_classification(act) and "choice" in act and key in act and np.shape(act["choice"])[1:] == (1,)):
         return None
-    gt = np.asarray(act["target_choice"])
+    gt = np.asarray(act["target_choice"])[:, 0]
     if not set(np.unique(gt).tolist()) <= {1, 2}:
         return None
     signed = np.where(gt == 1, -1.0, 1.0) * np.asarray(act[key], float)
-    chose2 = (np.asarray(act["choice"]) == 2).astype(float)
+    chose2 = (np.asarray(act["choice"])[:, 0] == 2).astype(float)
     levels = np.unique(signed)
     frac = np.array([chose2[signed == lv].mean() for lv in levels])
     fig = Figure(figsize=(5, 4), layout="constrained")

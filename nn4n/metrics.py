@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import TrialBatch
-from .tasks import TaskKind
+from .tasks import TaskKind, TaskSpec
 
 
 def task_loss(outputs: torch.Tensor, batch: TrialBatch, kind: TaskKind) -> torch.Tensor:
@@ -24,15 +24,128 @@ def task_loss(outputs: torch.Tensor, batch: TrialBatch, kind: TaskKind) -> torch
     return (per_step * batch.mask).sum() / batch.mask.sum()
 
 
-def scores(outputs: torch.Tensor, batch: TrialBatch, kind: TaskKind) -> dict[str, float]:
-    """``loss`` and ``accuracy`` (classification) or ``mse`` and ``r2`` (regression) of one network's outputs."""
-    metrics = {"loss": task_loss(outputs, batch, kind).item()}
-    if kind is TaskKind.CLASSIFICATION:
-        metrics["accuracy"] = decision_accuracy(outputs, batch)
-    else:
-        metrics["mse"] = masked_mse(outputs, batch)
-        metrics["r2"] = explained_variance(outputs, batch)
+def scores(outputs: torch.Tensor, batch: TrialBatch, spec: TaskSpec) -> dict[str, float]:
+    """One network's held-out scores: ``loss``, and ``accuracy`` and ``abort_rate`` (classification, see
+    :func:`trial_outcomes`; per response period as ``accuracy/<period>`` where there are several; for timing
+    tasks ``interval_error_ms``) or ``mse`` and ``r2`` (regression). A classification task without a response
+    period reports the loss only."""
+    metrics = {"loss": task_loss(outputs, batch, spec.kind).item()}
+    if spec.kind is TaskKind.REGRESSION:
+        return metrics | {"mse": masked_mse(outputs, batch), "r2": explained_variance(outputs, batch)}
+    if not spec.decision_periods:
+        return metrics
+    out = trial_outcomes(outputs, batch, spec)
+    scored = out.outcome != ABSENT
+    metrics["accuracy"] = _rate(out.outcome == CORRECT, scored)
+    metrics["abort_rate"] = _rate(out.outcome < WRONG, scored)
+    if len(spec.decision_periods) > 1:
+        for k, period in enumerate(spec.decision_periods):
+            in_period = scored & (out.period == k)
+            metrics[f"accuracy/{period}"] = _rate(out.outcome == CORRECT, in_period)
+    if spec.prod_margin is not None:
+        responded = ~out.produced_interval.isnan() & (out.outcome >= WRONG)  # a response, not an abort
+        error = (out.produced_interval - out.target_interval).abs()
+        metrics["interval_error_ms"] = error[responded].mean().item() if responded.any() else math.nan
     return metrics
+
+
+def scoring(spec: TaskSpec) -> str:
+    """How :func:`scores` scores the task, in one line (the log and ``metrics.json`` say it)."""
+    if spec.kind is TaskKind.REGRESSION:
+        return "MSE and R^2 over the held-out trials' steps"
+    if not spec.decision_periods:
+        return "the loss only: no response period to score (task.decision_period: null)"
+    periods = " and ".join(spec.decision_periods)
+    if spec.prod_margin is not None:
+        rule = f"a go in {periods} within {spec.prod_margin:g} x interval + 25 ms of the target"
+    elif spec.fixation is None:
+        rule = f"the choice at the end of {periods}"
+    else:
+        rule = f"the first response in {periods}"
+    aborts = "; broken fixation and no response are aborts, counted as failures" if spec.fixation is not None else ""
+    return f"accuracy of {rule}{aborts}"
+
+
+def _rate(hits: torch.Tensor, among: torch.Tensor) -> float:
+    """Fraction of ``among`` that are ``hits``; NaN where ``among`` is empty."""
+    n = int(among.sum())
+    return (hits & among).sum().item() / n if n else math.nan
+
+
+CORRECT, WRONG, BROKE_FIXATION, NO_RESPONSE, ABSENT = 1, 0, -1, -2, -3  # trial outcomes, per response window
+OUTCOMES = {CORRECT: "correct", WRONG: "wrong", BROKE_FIXATION: "broke fixation", NO_RESPONSE: "no response",
+            ABSENT: "absent"}
+
+
+@dataclass
+class Outcomes:
+    """Each response window's outcome: (rows, windows) tensors, a window being one response period of one trial."""
+
+    outcome: torch.Tensor  # int8: CORRECT, WRONG, BROKE_FIXATION, NO_RESPONSE (both aborts), ABSENT (not in the row)
+    choice: torch.Tensor  # int64: the response (the first action other than fixation; the fixation action if none)
+    target: torch.Tensor  # int64: the target class, at the window's last step
+    period: torch.Tensor  # (windows,) int64: which of the task's response periods each window is
+    produced_interval: torch.Tensor  # float32 ms (timing tasks): response time from the window's start; NaN if none
+    target_interval: torch.Tensor  # float32 ms (timing tasks): the target's first go step from the window's start
+
+
+def trial_outcomes(outputs: torch.Tensor, batch: TrialBatch, spec: TaskSpec) -> Outcomes:
+    """Score every response window as NeuroGym and experimenters do, from the network's action at each step
+    (the argmax of its outputs):
+
+    - broke fixation (an abort): the action left fixation at a step before the window whose target is fixation
+      (since the row's start or the previous window's end);
+    - no response (an abort): the target is a choice but the action never leaves fixation in the window;
+    - otherwise the response is the first action other than fixation in the window: correct if it is the
+      target; where the target is to keep fixating (a no-go trial), correct if there is no response at all;
+    - timing tasks (``spec.prod_margin``): correct if the response comes within ``prod_margin * interval + 25``
+      ms of the target's first go step, intervals measured from the window's start (NeuroGym's rule);
+    - a task without a fixation action (``spec.fixation`` None): the action at the window's last step.
+    """
+    action, targets, window = outputs.argmax(-1), batch.targets, batch.window
+    n_rows, n_steps = action.shape
+    steps = torch.arange(n_steps, device=action.device).expand(n_rows, -1)
+    fix, n_periods = spec.fixation, max(1, len(spec.decision_periods))
+    wait = (batch.mask > 0) & (targets == fix) if fix is not None else torch.zeros_like(action, dtype=torch.bool)
+    previous_end = torch.zeros(n_rows, dtype=torch.long, device=action.device)
+    columns: dict[str, list[torch.Tensor]] = {k: [] for k in ("outcome", "choice", "target", "produced", "interval")}
+    for w in range(1, batch.n_windows + 1):
+        inside = window == w
+        present = inside.any(1)
+        start = torch.where(inside, steps, n_steps).amin(1)
+        last = torch.where(inside, steps, -1).amax(1).clamp_min(0)
+        target = targets.gather(1, last[:, None])[:, 0]
+        if fix is None:
+            choice = action.gather(1, last[:, None])[:, 0]
+            outcome = (choice == target).to(torch.int8)
+            produced = interval = torch.full_like(target, math.nan, dtype=torch.float32)
+        else:
+            before = wait & (steps >= previous_end[:, None]) & (steps < start[:, None])
+            broke = (before & (action != fix)).any(1)
+            first = torch.where(inside & (action != fix), steps, n_steps).amin(1)
+            responded = first < n_steps
+            choice = torch.where(responded, action.gather(1, first.clamp_max(n_steps - 1)[:, None])[:, 0], fix)
+            produced = interval = torch.full_like(target, math.nan, dtype=torch.float32)
+            if spec.prod_margin is not None:  # the target is to go at one moment (its first go step)
+                go = torch.where(inside & (targets != fix), steps, n_steps).amin(1)
+                target = torch.where(go < n_steps, targets.gather(1, go.clamp_max(n_steps - 1)[:, None])[:, 0], fix)
+                produced = torch.where(responded, (first - start) * spec.dt, math.nan).float()
+                interval = ((go - start) * spec.dt).float()
+                correct = responded & ((produced - interval).abs() <= spec.prod_margin * interval + 25)
+            else:
+                correct = torch.where(target == fix, ~responded, choice == target)
+            outcome = torch.where(broke, BROKE_FIXATION, torch.where(~responded & (target != fix), NO_RESPONSE,
+                                                                     correct.to(torch.int8)))
+        columns["outcome"].append(torch.where(present, outcome.to(torch.int8), ABSENT))
+        columns["choice"].append(choice)
+        columns["target"].append(target)
+        columns["produced"].append(produced)
+        columns["interval"].append(interval)
+        previous_end = torch.where(present, last + 1, previous_end)
+    stack = {k: torch.stack(v, 1) if v else torch.empty(n_rows, 0, device=action.device) for k, v in columns.items()}
+    period = torch.arange(batch.n_windows, device=action.device) % n_periods
+    return Outcomes(stack["outcome"].to(torch.int8), stack["choice"].long(), stack["target"].long(), period,
+                    stack["produced"].float(), stack["interval"].float())
 
 
 OBJECTIVES = {"accuracy": True, "r2": True, "mse": False, "loss": False}  # metric -> higher is better
@@ -59,39 +172,21 @@ class Objective:
         return -math.inf if math.isnan(value) else value if self.maximize else -value
 
 
-def objective(kind: TaskKind, setting: str = "auto") -> Objective:
-    """The objective ``train.objective`` names: ``auto`` is accuracy for classification, MSE for regression.
-    A metric the task does not report raises a one-line ValueError."""
-    metric = setting if setting != "auto" else "accuracy" if kind is TaskKind.CLASSIFICATION else "mse"
-    reported = ("loss", "accuracy") if kind is TaskKind.CLASSIFICATION else ("loss", "mse", "r2")  # as scores()
+def objective(spec: TaskSpec, setting: str = "auto") -> Objective:
+    """The objective ``train.objective`` names: ``auto`` is the accuracy for classification tasks (the loss
+    where no response is scored), the MSE for regression tasks. A metric the task does not report raises a
+    one-line ValueError."""
+    if spec.kind is TaskKind.REGRESSION:
+        reported = ("mse", "r2", "loss")  # as scores()
+        what = "regression tasks"
+    else:
+        reported = ("accuracy", "loss") if spec.decision_periods else ("loss",)
+        what = "classification tasks" if spec.decision_periods else f"{spec.name} without a response period"
+    metric = reported[0] if setting == "auto" else setting
     if metric not in reported:
-        raise ValueError(f"train.objective: {metric} is not reported for {kind.value} tasks; choose one of "
-                         f"auto, {', '.join(reported)}")
+        raise ValueError(f"train.objective: {metric} is not reported for {what}; choose one of auto, "
+                         f"{', '.join(sorted(reported))}")
     return Objective(metric, OBJECTIVES[metric])
-
-
-def choices(outputs: torch.Tensor, batch: TrialBatch) -> torch.Tensor:
-    """(B,) int64 choice per trial: argmax of the mean logits over its decision steps; -1 if none."""
-    n_decision = batch.decision.sum(1)
-    mean = torch.where(batch.decision.unsqueeze(-1), outputs, 0).sum(1) / n_decision.clamp_min(1).unsqueeze(-1)
-    return torch.where(n_decision > 0, mean.argmax(-1), -1)
-
-
-def decision_targets(batch: TrialBatch) -> torch.Tensor:
-    """(B,) int64 target class at each trial's last decision step; -1 if it has none."""
-    steps = torch.arange(batch.decision.shape[1], device=batch.decision.device)
-    last = torch.where(batch.decision, steps, -1).amax(1)
-    target = batch.targets.gather(1, last.clamp_min(0).unsqueeze(1)).squeeze(1)
-    return torch.where(last >= 0, target, -1)
-
-
-def decision_accuracy(outputs: torch.Tensor, batch: TrialBatch) -> float:
-    """Fraction of trials with a decision period whose choice is the target; NaN if there are none."""
-    has_decision = batch.decision.any(1)
-    if not has_decision.any():
-        return float("nan")
-    correct = choices(outputs, batch) == decision_targets(batch)
-    return correct[has_decision].float().mean().item()
 
 
 def masked_mse(outputs: torch.Tensor, batch: TrialBatch) -> float:

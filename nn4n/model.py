@@ -29,6 +29,7 @@ from .recurrence.step import time_major
 from .structure import NetworkConfig, Structure
 
 TAU_MARGIN = 1e-3  # a learned tau stays >= dt * (1 + TAU_MARGIN): dt/tau < 1 even in float32
+SILENT_RATE = 1e-3  # a neuron whose mean rate is below this is counted as silent
 
 
 class SignedMask(nn.Module):
@@ -116,6 +117,35 @@ class Activity:
 
     def by_area(self) -> dict[str, torch.Tensor]:
         return {name: self.area(name) for name in self.structure.area_names}
+
+    def populations(self) -> list[tuple[str, str | None]]:
+        """(area, population) pairs present in the network: 'E' and 'I', or None where neurons are unconstrained."""
+        st, pairs = self.structure, []
+        for area in st.area_names:
+            signs = set(st.sign[st.indices(area)].tolist())
+            pairs += [(area, p) for p, s in (("E", 1), ("I", -1)) if s in signs] or [(area, None)]
+        return pairs
+
+    @torch.no_grad()
+    def stats(self, valid: torch.Tensor, ceiling: float | None = None) -> dict[str, float]:
+        """Per area and population (``PFC/E``) over the ``valid`` (batch, time) steps: the mean rate
+        (``rates/``), the fraction of neurons whose mean rate is below ``SILENT_RATE`` (``silent/``) and,
+        for a rate function bounded by ``ceiling``, the fraction of rate samples within 10% of it
+        (``saturated/``)."""
+        weight = valid.to(self.rates.dtype)[..., None]
+        steps = weight.sum().clamp_min(1)
+        mean = (self.rates * weight).sum((0, 1)) / steps
+        near = (self.rates.abs() >= 0.9 * ceiling).to(self.rates.dtype) if ceiling is not None else None
+        near = (near * weight).sum((0, 1)) / steps if near is not None else None
+        out = {}
+        for area, pop in self.populations():
+            idx = torch.as_tensor(self.structure.indices(area, pop), device=self.rates.device)
+            name = area + (f"/{pop}" if pop else "")
+            out[f"rates/{name}"] = mean[idx].mean().item()
+            out[f"silent/{name}"] = (mean[idx] < SILENT_RATE).float().mean().item()
+            if near is not None:
+                out[f"saturated/{name}"] = near[idx].mean().item()
+        return out
 
 
 class CTRNN(nn.Module):

@@ -12,19 +12,9 @@ from torch.utils.tensorboard.summary import hparams
 
 from . import figures
 from .model import CTRNN, Activity
+from .recurrence.rates import RATES
 
 HPARAMS_RUN = "hparams"  # the sub-run of each run's tensorboard/ that holds its HParams session
-SILENT_RATE = 1e-3  # a neuron whose mean rate is below this is counted as silent
-
-
-def _populations(model: CTRNN) -> list[tuple[str, str | None]]:
-    """(area, population) pairs present in the network; population None when unconstrained."""
-    st = model.structure
-    pairs = []
-    for area in st.area_names:
-        signs = set(st.sign[st.indices(area)].tolist())
-        pairs += [(area, p) for p, s in (("E", 1), ("I", -1)) if s in signs] or [(area, None)]
-    return pairs
 
 
 class Monitor:
@@ -42,14 +32,9 @@ class Monitor:
             self.writer.add_scalar(prefix + key, value, step)
 
     def activity(self, step: int, model: CTRNN, activity: Activity, valid: torch.Tensor) -> None:
-        """Mean rate per area x population, fraction of silent neurons per area, spectral radius."""
-        mean = ((activity.rates * valid[..., None]).sum((0, 1)) / valid.sum().clamp_min(1)).detach().cpu().numpy()
-        st = model.structure
-        for area, pop in _populations(model):
-            idx = st.indices(area, pop)
-            self.writer.add_scalar(f"rates/{area}" + (f"/{pop}" if pop else ""), float(mean[idx].mean()), step)
-        for area in st.area_names:
-            self.writer.add_scalar(f"silent/{area}", float((mean[st.indices(area)] < SILENT_RATE).mean()), step)
+        """Per area and E/I population: mean rate, fraction silent, fraction saturated (:meth:`Activity.stats`);
+        the spectral radius of the effective recurrent weights."""
+        self.scalars(step, activity.stats(valid, RATES[model.config.activation].ceiling))
         self.writer.add_scalar("weights/spectral_radius", model.spectral_radius(), step)
 
     def histograms(self, step: int, model: CTRNN, activity: Activity, valid: torch.Tensor) -> None:

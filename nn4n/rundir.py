@@ -118,8 +118,8 @@ def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
 def summarize_networks(per_network: list[dict[str, Any]]) -> dict[str, Any]:
     """Run metrics of K networks: mean and sample sd of every per-network score, and each network's."""
     summary: dict[str, Any] = {"n_networks": len(per_network)}
-    for key in ("loss", "accuracy", "mse", "r2"):
-        if key in per_network[0]:
-            values = np.array([m[key] for m in per_network], dtype=float)
-            summary[key], summary[f"{key}_sd"] = float(values.mean()), float(values.std(ddof=1))
-    return summary | {k: per_network[0][k] for k in ("steps", "wall_time_s")} | {"networks": per_network}
+    scores = [k for k, v in per_network[0].items() if isinstance(v, float) and k != "wall_time_s"]
+    for key in scores:
+        values = np.array([m[key] for m in per_network], dtype=float)
+        summary[key], summary[f"{key}_sd"] = float(values.mean()), float(values.std(ddof=1))
+    return summary | {k: per_network[0][k] for k in ("steps", "wall_time_s", "scored")} | {"networks": per_network}

@@ -206,7 +206,7 @@ class TaskKind(str, Enum):
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """Sizes and names of a task's inputs and outputs."""
+    """Sizes and names of a task's inputs and outputs, and how its trials are scored."""
 
     name: str
     n_inputs: int
@@ -214,8 +214,10 @@ class TaskSpec:
     kind: TaskKind
     input_names: dict[str, list[int]]
     output_names: dict[str, list[int]]
-    decision_period: str | None
+    decision_periods: tuple[str, ...]  # the response periods, each scored (classification); () for none
     dt: float
+    fixation: int | None = None  # the action that holds fixation (classification tasks that have one)
+    prod_margin: float | None = None  # timing tasks: a response counts within prod_margin * interval + 25 ms
 
     @property
     def input_labels(self) -> list[str]:
@@ -242,9 +244,18 @@ def _names(space: gym.Space) -> dict[str, list[int]]:
     return {k: [int(v)] if np.isscalar(v) else [int(i) for i in v] for k, v in names.items()}
 
 
-def task_spec(env: TrialEnv, decision_period: str | None = "decision") -> TaskSpec:
-    """TaskSpec of `env`. A classification task must have the decision period (accuracy is read in it;
-    None: no accuracy); a regression task without it gets None.
+def decision_periods(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``task.decision_period`` as a tuple: one period, a list of them, or None (none)."""
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def task_spec(env: TrialEnv, decision_period: str | Sequence[str] | None = "decision") -> TaskSpec:
+    """TaskSpec of `env`. A classification task must have its response period(s) (each response is scored
+    there; None: no accuracy, only the loss); a regression task without one gets none. A task whose targets
+    nn4n cannot supervise (no ground truth; targets that are not classes of its action space) raises a
+    one-line ValueError saying why.
 
     Draws one trial from `env` if none was drawn yet, to learn its periods.
     """
@@ -252,19 +263,38 @@ def task_spec(env: TrialEnv, decision_period: str | None = "decision") -> TaskSp
         env.new_trial()
     discrete = isinstance(env.action_space, gym.spaces.Discrete)
     name = env.spec.id if env.spec else type(env).__name__
+    if not getattr(env, "_has_gt", True):
+        raise ValueError(f"task.name: {name} has no ground truth (its trials only give rewards): nn4n trains "
+                         "supervised tasks")
+    if discrete and not np.isin(np.asarray(env.gt), np.arange(env.action_space.n)).all():
+        raise ValueError(f"task.name: {name}'s ground truth ({np.asarray(env.gt).ravel()[-1].item()}, say) is not one of "
+                         f"its {env.action_space.n} actions: a continuous target under a discrete action space, "
+                         "which nn4n cannot supervise")
     periods = list(dict.fromkeys([*env.timing, *env.start_ind]))
-    if discrete and decision_period is not None and decision_period not in periods:
-        raise ValueError(f"task.decision_period: {decision_period!r} is not a period of {name} (periods: "
+    wanted = decision_periods(decision_period)
+    if not all(isinstance(p, str) for p in wanted):
+        raise ValueError(f"task.decision_period: must be a period name, a list of them or null, got {decision_period!r}")
+    missing = [p for p in wanted if p not in periods]
+    if discrete and missing:
+        raise ValueError(f"task.decision_period: {missing[0]!r} is not a period of {name} (periods: "
                          f"{', '.join(periods)}; null for none: no accuracy, only the loss)")
+    output_names = _names(env.action_space)
+    if output_names:
+        fixation = output_names.get("fixation", [None])[0]
+    else:  # NeuroGym's convention, action 0, where the trial has periods before its response to fixate through
+        first = min((env.start_ind[p] for p in wanted if p in env.start_ind), default=0)
+        fixation = 0 if first > 0 else None  # none (ToneDetection): a response is read at its period's end
     return TaskSpec(
         name=name,
         n_inputs=int(np.prod(env.observation_space.shape)),
         n_outputs=int(env.action_space.n) if discrete else int(np.prod(env.action_space.shape)),
         kind=TaskKind.CLASSIFICATION if discrete else TaskKind.REGRESSION,
         input_names=_names(env.observation_space),
-        output_names=_names(env.action_space),
-        decision_period=decision_period if decision_period in periods else None,
+        output_names=output_names,
+        decision_periods=tuple(p for p in wanted if p in periods),
         dt=float(env.dt),
+        fixation=fixation if discrete else None,
+        prod_margin=getattr(env, "prod_margin", None) if discrete else None,
     )
 
 

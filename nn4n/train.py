@@ -32,8 +32,9 @@ from .errors import ConfigError, TrainingError
 from .evaluate import activity_record, evaluate_ensemble, save_activity
 from .experiment import held_out, run_objective, sampler
 from .machine import available_device, check_step_memory, loader_workers, warn_if_above_cores
-from .metrics import task_loss
+from .metrics import scoring, task_loss
 from .monitor import Monitor
+from .recurrence.rates import RATES
 from .regularizers import regularization
 from .rundir import (ACTIVITY_FILE, METRICS_FILE, check_disk_space, check_resumable, flatten, hydra_record,
                      last_checkpoint, network_dir, summarize_networks, write_metrics)
@@ -185,7 +186,8 @@ class Trainer:
                 monitor.text("structure", "```\n" + net.structure.summary() + "\n```")
             log.info("network:\n%s", self.networks[0].structure.summary())
         log.info("task %s (%s), %d network(s), device %s, engine %s, %d loader worker(s)", cfg.task.name,
-                 self.spec.kind, len(self.networks), self.device, self.ensemble.engine, self.loader_workers)
+                 self.spec.kind.value, len(self.networks), self.device, self.ensemble.engine, self.loader_workers)
+        log.info("scored by %s", scoring(self.spec))
         log.info("writing to %s (to watch: tensorboard --logdir %s)", self.run_dir, self.run_dir)
         stream: Iterator = batch_stream(self.train_data, self.start, self.loader_workers,
                                         pin_memory=self.device.type == "cuda")
@@ -268,7 +270,7 @@ class Trainer:
     def _evaluate(self, step: int) -> None:
         """Held-out metrics of every network; a network's best so far is saved as its ``best.pt``."""
         self._check_finite()
-        cfg, results = self.cfg, evaluate_ensemble(self.ensemble, self.held_out, self.spec.kind)
+        cfg, results = self.cfg, evaluate_ensemble(self.ensemble, self.held_out, self.spec)
         for i, (net, monitor, (metrics, outputs, activity)) in enumerate(zip(self.networks, self.monitors, results)):
             monitor.scalars(step, metrics, "eval/")
             score = self.objective.score(metrics)
@@ -300,7 +302,7 @@ class Trainer:
         cfg, n_networks = self.cfg, len(self.networks)
         wall = round(time.perf_counter() - self.began, 2)
         per_network = []
-        results = evaluate_ensemble(self.ensemble, self.held_out, self.spec.kind)
+        results = evaluate_ensemble(self.ensemble, self.held_out, self.spec)
         for i, (net, monitor, (metrics, outputs, activity)) in enumerate(zip(self.networks, self.monitors, results)):
             record = activity_record(net, self.held_out, outputs, activity, self.spec)
             if cfg.logging.save_activity:
@@ -311,14 +313,16 @@ class Trainer:
             if n_networks > 1:
                 params = params | {"network": i, "network_seed": net.config.seed}
             monitor.hparams(cfg.train.steps, params, metrics)
-            metrics |= {"steps": cfg.train.steps, "wall_time_s": wall}
+            ceiling = RATES[cfg.model.activation].ceiling
+            metrics |= {"steps": cfg.train.steps, "wall_time_s": wall, "scored": scoring(self.spec),
+                        "activity": activity.stats(self.held_out.mask > 0, ceiling)}
             if n_networks > 1:
                 metrics["seed"] = net.config.seed
                 write_metrics(self.dirs[i], metrics)
             per_network.append(metrics)
         summary = per_network[0] if n_networks == 1 else summarize_networks(per_network)
         write_metrics(self.run_dir, summary)
-        log.info("done: %s", "  ".join(f"{k} {v}" for k, v in summary.items() if k != "networks"))
+        log.info("done: %s", "  ".join(f"{k} {v}" for k, v in summary.items() if k not in ("networks", "activity", "scored")))
         log.info("objective (train.objective): %s %.4g, to %s", self.objective.metric, self.objective.value(summary),
                  self.objective.direction)
         log.info("results in %s", self.run_dir)

@@ -36,9 +36,9 @@ def test_every_task_preset(task: str) -> None:
     outputs, _ = CTRNN(cfg.model)(batch.inputs)
     assert outputs.shape[-1] == data.spec.n_outputs
     if data.spec.kind is TaskKind.CLASSIFICATION:
-        assert batch.decision.any(1).all(), f"{task}: decision period {cfg.task.decision_period!r} never occurs"
+        assert (batch.window > 0).any(1).all(), f"{task}: decision period {cfg.task.decision_period!r} never occurs"
     else:
-        assert data.spec.decision_period is None
+        assert data.spec.decision_periods == ()
     silent = (sampler(cfg.task, 64, 0).batch(0).inputs.abs().amax((0, 1)) == 0).nonzero().flatten().tolist()
     assert not silent, f"{task}: input channels {silent} are zero in every trial (e.g. a cue shorter than dt)"
 

@@ -31,7 +31,7 @@ TASKS = [
 
 
 def assert_batches_equal(a: TrialBatch, b: TrialBatch) -> None:
-    for field in ("inputs", "targets", "mask", "decision", "lengths"):
+    for field in ("inputs", "targets", "mask", "window", "lengths"):
         assert torch.equal(getattr(a, field), getattr(b, field)), field
     for x, y in ((a.conditions, b.conditions), (a.epochs, b.epochs)):
         assert x.keys() == y.keys()
@@ -43,11 +43,11 @@ def test_perceptual_decision_making_batch():
     batch = TrialSampler(PDM, dt=20, batch_size=8, seed=0, decision_weight=5.0).batch(0)
     assert batch.inputs.shape == (8, 110, 3) and batch.inputs.dtype == torch.float32
     assert batch.targets.shape == (8, 110) and batch.targets.dtype == torch.int64
-    assert batch.mask.dtype == torch.float32 and batch.decision.dtype == torch.bool
+    assert batch.mask.dtype == torch.float32 and batch.window.dtype == torch.int16
     assert batch.lengths.tolist() == [110] * 8 and batch.lengths.dtype == torch.int64
-    assert batch.decision.sum(1).tolist() == [5] * 8
-    assert batch.decision[:, 105:].all() and not batch.decision[:, :105].any()
-    assert (batch.mask[batch.decision] == 5.0).all() and (batch.mask[~batch.decision] == 1.0).all()
+    assert (batch.window > 0).sum(1).tolist() == [5] * 8
+    assert (batch.window > 0)[:, 105:].all() and not (batch.window > 0)[:, :105].any()
+    assert (batch.mask[(batch.window > 0)] == 5.0).all() and (batch.mask[~(batch.window > 0)] == 1.0).all()
     assert (batch.inputs[:, :5, 0] == 1).all() and (batch.inputs[:, 105:, 0] == 0).all()  # fixation input
     assert set(batch.conditions) == {"ground_truth", "coh"}
     assert {k: v.tolist() for k, v in batch.epochs.items()} == {
@@ -64,8 +64,8 @@ def test_variable_length_trials_are_padded():
     assert len(set(lengths)) > 1 and batch.inputs.shape[1] == lengths.max()
     for b, n in enumerate(lengths):
         assert (batch.mask[b, n:] == 0).all() and (batch.inputs[b, n:] == 0).all() and (batch.targets[b, n:] == 0).all()
-        assert not batch.decision[b, n:].any()
-        assert batch.decision[b, n - 5 : n].all() and batch.decision[b].sum() == 5  # decision: last 100 ms
+        assert not (batch.window > 0)[b, n:].any()
+        assert (batch.window > 0)[b, n - 5 : n].all() and (batch.window > 0)[b].sum() == 5  # decision: last 100 ms
         assert (batch.mask[b, n - 5 : n] == 3.0).all() and (batch.mask[b, : n - 5] == 1.0).all()
         assert batch.epochs["decision"][b].tolist() == [n - 5, n]
 
@@ -99,10 +99,10 @@ def test_every_task_builds_a_batch(name):
     else:
         assert batch.targets.shape == (4, n_steps, spec.n_outputs) and batch.targets.dtype == torch.float32
     assert ((batch.mask > 0).sum(1) == batch.lengths).all()
-    assert (batch.decision.any(1) == (spec.decision_period is not None)).all()
-    if spec.decision_period:
-        start, end = batch.epochs[spec.decision_period].T
-        assert (batch.decision.sum(1).numpy() == end - start).all()
+    assert ((batch.window > 0).any(1) == bool(spec.decision_periods)).all()
+    if spec.decision_periods:
+        start, end = batch.epochs[spec.decision_periods[0]].T
+        assert ((batch.window > 0).sum(1).numpy() == end - start).all()
 
 
 def test_batch_is_a_pure_function_of_seed_and_index():
@@ -140,7 +140,7 @@ def test_batch_travels_from_loader_workers_in_band():
 
     batch = TrialSampler(PDM, dt=20, batch_size=16, seed=1).batch(0)
     payload = bytes(ForkingPickler.dumps(batch))
-    assert len(payload) > sum(getattr(batch, f).nbytes for f in ("inputs", "targets", "mask", "decision", "lengths"))
+    assert len(payload) > sum(getattr(batch, f).nbytes for f in ("inputs", "targets", "mask", "window", "lengths"))
     clone = pickle.loads(payload)
     assert_batches_equal(clone, batch)
     assert clone.inputs.dtype == torch.float32 and clone.targets.dtype == torch.int64

@@ -52,9 +52,9 @@ def act() -> dict[str, np.ndarray]:
         "area": area,
         "area_names": np.array(["PFC", "PPC"]),
         "dt": np.array(20.0),
-        "choice": choice,
+        "choice": choice[:, None],  # (trials, responses)
         "cond_ground_truth": gt,
-        "target_choice": gt,
+        "target_choice": gt[:, None],
         "cond_coh": coh,
         **{f"epoch_{k}": np.tile(v, (n_trials, 1)) for k, v in epochs.items()},
     }
@@ -179,9 +179,9 @@ def test_psychometric_curve(act):
     fig = figures.psychometric_curve(act)
     ax = fig.axes[0]
     data = next(line for line in ax.get_lines() if line.get_label() == "data")
-    signed = np.where(act["target_choice"] == 1, -act["cond_coh"], act["cond_coh"])
+    signed = np.where(act["target_choice"][:, 0] == 1, -act["cond_coh"], act["cond_coh"])
     levels = np.unique(signed)
-    expected = [np.mean(act["choice"][signed == lv] == 2) for lv in levels]
+    expected = [np.mean(act["choice"][signed == lv, 0] == 2) for lv in levels]
     np.testing.assert_allclose(data.get_xdata(), levels)
     np.testing.assert_allclose(data.get_ydata(), expected)
     fit = next(line for line in ax.get_lines() if line.get_label() == "logistic fit")

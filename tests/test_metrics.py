@@ -6,9 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nn4n.data import TrialSampler
-from nn4n.tasks import TaskKind
-from nn4n.metrics import choices, decision_accuracy, decision_targets, explained_variance, masked_mse, task_loss
+import numpy as np
+
+from nn4n.data import TrialBatch, TrialSampler
+from nn4n.metrics import (BROKE_FIXATION, CORRECT, NO_RESPONSE, WRONG, explained_variance, masked_mse, objective, scores,
+                          task_loss, trial_outcomes)
+from nn4n.tasks import TaskKind, TaskSpec
 
 
 @pytest.fixture(scope="module")
@@ -74,50 +77,113 @@ def test_masked_mse_ignores_padding():
     assert masked_mse(outputs, batch) == pytest.approx(1.0)
 
 
-def test_accuracy_is_one_for_outputs_built_from_targets(pdm):
-    outputs = F.one_hot(pdm.targets, 3).float() * 10
-    assert decision_accuracy(outputs, pdm) == 1.0
-    assert torch.equal(choices(outputs, pdm), decision_targets(pdm))
-    assert torch.equal(decision_targets(pdm), pdm.targets[:, -1])
+def spec(periods: tuple[str, ...] = ("decision",), fixation: int | None = 0, prod_margin: float | None = None,
+         n_outputs: int = 3) -> TaskSpec:
+    return TaskSpec("Hand-v0", 2, n_outputs, TaskKind.CLASSIFICATION, {}, {}, periods, 20.0, fixation, prod_margin)
 
 
-def test_accuracy_is_chance_for_random_outputs(pdm):
-    outputs = torch.randn(*pdm.targets.shape, 3, generator=torch.Generator().manual_seed(1))
-    assert decision_accuracy(outputs, pdm) == pytest.approx(1 / 3, abs=0.07)
+def hand_batch(targets: list[list[int]], windows: list[list[int]], lengths: list[int] | None = None) -> TrialBatch:
+    """Rows of hand-written per-step targets and response windows (0 outside them)."""
+    targets_t, window = torch.tensor(targets), torch.tensor(windows, dtype=torch.int16)
+    lengths_t = torch.tensor(lengths or [targets_t.shape[1]] * len(targets))
+    mask = (torch.arange(targets_t.shape[1]) < lengths_t[:, None]).float()
+    return TrialBatch(torch.zeros(*targets_t.shape, 2), targets_t, mask, window, lengths_t, {}, {})
 
 
-def test_choice_averages_logits_over_decision_steps(pdm):
-    outputs = torch.zeros(*pdm.targets.shape, 3)
-    outputs[:, 105, 1] = 4.0  # one decision step votes 1 strongly ...
-    outputs[:, 106:, 2] = 1.5  # ... four vote 2 mildly: mean favours 2 (1.2 > 0.8)
-    outputs[:, :105, 1] = 100.0  # outside the decision period: ignored
-    assert (choices(outputs, pdm) == 2).all()
+def acting(actions: list[list[int]], n_outputs: int = 3) -> torch.Tensor:
+    """Outputs whose argmax is the given action at every step."""
+    return F.one_hot(torch.tensor(actions), n_outputs).float()
 
 
-def test_trials_without_decision_are_excluded():
-    batch = TrialSampler("PerceptualDecisionMaking-v0", dt=20, batch_size=4, seed=0).batch(0)
-    batch.decision[:2] = False
-    outputs = F.one_hot(batch.targets, 3).float()
-    outputs[2, 105:] = F.one_hot(3 - batch.targets[2, -1], 3).float()  # trial 2 picks the other choice unit
-    assert choices(outputs, batch)[:2].tolist() == [-1, -1]
-    assert decision_targets(batch)[:2].tolist() == [-1, -1]
-    assert decision_accuracy(outputs, batch) == 0.5
+def test_outcomes_of_hand_built_trials():
+    """Fixation for 7 steps, then a 3-step response period; a broken fixation and a missing response are
+    aborts, the first response is the choice, withholding is the answer to a no-go target."""
+    fix, go, nogo = [0] * 7, [0] * 7 + [2] * 3, [0] * 10
+    window = [0] * 7 + [1] * 3
+    batch = hand_batch([go, go, go, go, nogo, nogo, [0] * 5 + [1] * 3 + [0, 0]],
+                       [window] * 6 + [[0] * 5 + [1] * 3 + [0, 0]], lengths=[10] * 6 + [8])
+    actions = [fix + [0, 2, 2],      # waits, then answers: correct
+               [0, 0, 0, 1] + [0] * 3 + [2] * 3,  # leaves fixation during the stimulus: broke fixation
+               fix + [0, 0, 0],      # never answers a go target: no response
+               fix + [1, 2, 2],      # the first response is the wrong one: wrong
+               fix + [0, 0, 0],      # no-go, withholds: correct
+               fix + [0, 2, 0],      # no-go, responds: wrong
+               [0] * 5 + [1, 1, 1] + [2, 2]]  # shorter row: its padding is not read
+    out = trial_outcomes(acting(actions), batch, spec())
+    assert out.outcome[:, 0].tolist() == [CORRECT, BROKE_FIXATION, NO_RESPONSE, WRONG, CORRECT, WRONG, CORRECT]
+    assert out.choice[:, 0].tolist() == [2, 2, 0, 1, 0, 2, 1] and out.target[:, 0].tolist() == [2, 2, 2, 2, 0, 0, 1]
+    metrics = scores(acting(actions), batch, spec())
+    assert (metrics["accuracy"], metrics["abort_rate"]) == (pytest.approx(3 / 7), pytest.approx(2 / 7))
 
 
-def test_accuracy_is_nan_without_decision_period():
-    batch = TrialSampler("SineWave-v0", dt=20, batch_size=4, seed=0).batch(0)
-    assert not batch.decision.any()
-    assert math.isnan(decision_accuracy(torch.zeros(*batch.targets.shape[:2], 2), batch))
+def test_each_response_period_is_scored():
+    """Two response periods (test1, test2) with a delay to fixate through between them."""
+    targets = [[0, 0, 0, 1, 1, 0, 0, 2, 2]] * 3
+    window = [[0, 0, 0, 1, 1, 0, 0, 2, 2]] * 3
+    actions = [[0, 0, 0, 1, 1, 2, 0, 2, 2],   # test1 right, then leaves fixation in the delay: test2 aborted
+               [0, 0, 0, 2, 2, 0, 0, 2, 2],   # test1 wrong, test2 right
+               [0, 0, 0, 1, 1, 0, 0, 2, 2]]   # both right
+    two = spec(("test1", "test2"))
+    out = trial_outcomes(acting(actions), hand_batch(targets, window), two)
+    assert out.outcome.tolist() == [[CORRECT, BROKE_FIXATION], [WRONG, CORRECT], [CORRECT, CORRECT]]
+    assert out.period.tolist() == [0, 1]
+    metrics = scores(acting(actions), hand_batch(targets, window), two)
+    assert metrics["accuracy"] == pytest.approx(4 / 6) and metrics["abort_rate"] == pytest.approx(1 / 6)
+    assert metrics["accuracy/test1"] == pytest.approx(2 / 3) and metrics["accuracy/test2"] == pytest.approx(2 / 3)
+
+
+def test_timing_responses_count_within_the_production_margin():
+    """The target is to go at step 20 of a window starting at step 10: an interval of 200 ms, counted right
+    within 0.2 * 200 + 25 = 65 ms (dt = 20 ms)."""
+    target = [0] * 20 + [1] + [0] * 9
+    window = [0] * 10 + [1] * 20
+    respond = {step: [0] * step + [1] * (30 - step) for step in (23, 24, 17)}
+    actions = [respond[23], respond[24], respond[17], [0] * 30, [0] * 5 + [1] + [0] * 24]
+    timing = spec(prod_margin=0.2, n_outputs=2)
+    out = trial_outcomes(acting(actions, 2), hand_batch([target] * 5, [window] * 5), timing)
+    assert out.outcome[:, 0].tolist() == [CORRECT, WRONG, CORRECT, NO_RESPONSE, BROKE_FIXATION]
+    np.testing.assert_allclose(out.produced_interval[:3, 0], [260, 280, 140])
+    assert out.target_interval[:, 0].tolist() == [200.0] * 5 and math.isnan(out.produced_interval[3, 0])
+    metrics = scores(acting(actions, 2), hand_batch([target] * 5, [window] * 5), timing)
+    assert metrics["interval_error_ms"] == pytest.approx((60 + 80 + 60) / 3)  # over the responses, aborts left out
+
+
+def test_without_a_fixation_action_the_response_is_read_at_the_periods_end():
+    targets, window = [[3, 3, 3, 3]] * 2, [[1, 1, 1, 1]] * 2
+    out = trial_outcomes(acting([[0, 1, 2, 3], [3, 3, 3, 0]], 4), hand_batch(targets, window), spec(("stimulus",), None, n_outputs=4))
+    assert out.outcome[:, 0].tolist() == [CORRECT, WRONG]
+
+
+def test_real_task_outcomes(pdm):
+    perfect = F.one_hot(pdm.targets, 3).float() * 10
+    pdm_spec = TrialSampler("PerceptualDecisionMaking-v0", dt=20, batch_size=1, seed=0).spec
+    assert scores(perfect, pdm, pdm_spec) | {"loss": 0} == {"loss": 0, "accuracy": 1.0, "abort_rate": 0.0}
+    always_fixating = torch.zeros_like(perfect)
+    always_fixating[..., 0] = 1
+    assert scores(always_fixating, pdm, pdm_spec)["abort_rate"] == 1.0  # never answers: every trial an abort
+    sampler = TrialSampler("HierarchicalReasoning-v0", dt=20, batch_size=4, seed=0,
+                           decision_period=["rule_target", "decision"], trials_per_row=3)
+    rows = sampler.batch(0)
+    assert rows.n_windows == 6 and rows.epochs["decision"].shape == (4, 3, 2)
+    assert (rows.epochs["fixation"][:, 1:, 0] >= rows.epochs["decision"][:, :-1, 1]).all()  # trials follow each other
+    metrics = scores(F.one_hot(rows.targets, 5).float() * 10, rows, sampler.spec)
+    assert (metrics["accuracy"], metrics["accuracy/rule_target"], metrics["accuracy/decision"]) == (1.0, 1.0, 1.0)
+
+
+def test_only_the_loss_without_a_response_period():
+    sampler = TrialSampler("PerceptualDecisionMaking-v0", dt=20, batch_size=4, seed=0, decision_period=None)
+    batch = sampler.batch(0)
+    assert batch.n_windows == 0 and set(scores(torch.zeros(*batch.targets.shape, 3), batch, sampler.spec)) == {"loss"}
+    assert objective(sampler.spec).metric == "loss"
 
 
 def test_objective_defaults_by_kind_and_signs_its_score():
-    from nn4n.metrics import objective
-
-    acc, mse = objective(TaskKind.CLASSIFICATION), objective(TaskKind.REGRESSION)
+    regression = TrialSampler("SineWave-v0", dt=20, batch_size=1, seed=0).spec
+    acc, mse = objective(spec()), objective(regression)
     assert (acc.metric, acc.direction, mse.metric, mse.direction) == ("accuracy", "maximize", "mse", "minimize")
     assert acc.score({"accuracy": 0.9}) == 0.9 and mse.score({"mse": 0.25}) == -0.25  # higher is better
     assert mse.score({"mse": 0.1}) > mse.score({"mse": 0.2}) and mse.score({"mse": float("nan")}) == float("-inf")
-    r2 = objective(TaskKind.REGRESSION, "r2")
+    r2 = objective(regression, "r2")
     assert (r2.direction, r2.value({"r2": 0.5, "mse": 1.0})) == ("maximize", 0.5)
     with pytest.raises(ValueError, match=r"^train\.objective: accuracy is not reported for regression tasks; choose one of auto, loss, mse, r2$"):
-        objective(TaskKind.REGRESSION, "accuracy")
+        objective(regression, "accuracy")

@@ -97,21 +97,40 @@ def test_task_spec_perceptual_decision_making():
         kind=TaskKind.CLASSIFICATION,
         input_names={"fixation": [0], "stimulus": [1, 2]},
         output_names={"fixation": [0], "choice": [1, 2]},
-        decision_period="decision",
+        decision_periods=("decision",),
         dt=20.0,
+        fixation=0,
     )
 
 
 def test_task_spec_regression_and_missing_decision_period():
     spec = task_spec(make_task("PathIntegration-v0", dt=20))
-    assert (spec.kind, spec.n_inputs, spec.n_outputs, spec.decision_period) == (TaskKind.REGRESSION, 3, 2, None)
+    assert (spec.kind, spec.n_inputs, spec.n_outputs, spec.decision_periods) == (TaskKind.REGRESSION, 3, 2, ())
     assert spec.input_names == {"angular_velocity": [0], "heading": [1, 2]}
-    assert task_spec(make_task("ReadySetGo-v0", dt=20), decision_period="production").decision_period == "production"
+    assert task_spec(make_task("ReadySetGo-v0", dt=20), decision_period="production").decision_periods == ("production",)
     assert spec.input_labels == ["angular_velocity", "heading 0", "heading 1"] and spec.output_labels == ["cos", "sin"]
     tone = task_spec(make_task("ToneDetection-v0", dt=20), decision_period=None)
     assert tone.input_names == {} and tone.input_labels == ["in 0"]
     pdm = task_spec(make_task("PerceptualDecisionMaking-v0", dt=20))
     assert pdm.input_labels == ["fixation", "stimulus 0", "stimulus 1"] and pdm.output_labels == ["fixation", "choice 0", "choice 1"]
+
+
+def test_tasks_nn4n_cannot_supervise_are_named_with_the_reason():
+    with pytest.raises(ValueError, match=r"^task\.name: EconomicDecisionMaking-v0 has no ground truth \(its trials only give rewards\)"):
+        task_spec(make_task("EconomicDecisionMaking-v0", dt=20))
+    with pytest.raises(ValueError, match=r"^task\.name: Reaching1D-v0's ground truth \(\d+, say\) is not one of its 3 actions: "
+                                         r"a continuous target under a discrete action space"):
+        task_spec(make_task("Reaching1D-v0", dt=20), decision_period="reach")
+
+
+def test_how_responses_are_read():
+    timing = task_spec(make_task("ReadySetGo-v0", dt=20), decision_period="production")
+    assert (timing.fixation, timing.prod_margin) == (0, 0.2)
+    unnamed = task_spec(make_task("PerceptualDecisionMakingDelayResponse-v0", dt=20))  # NeuroGym's action 0 fixates
+    assert (unnamed.output_names, unnamed.fixation) == ({}, 0)
+    assert task_spec(make_task("ToneDetection-v0", dt=20), decision_period="stimulus").fixation is None  # nothing before
+    two = task_spec(make_task("DualDelayMatchSample-v0", dt=20), decision_period=["test1", "test2"])
+    assert two.decision_periods == ("test1", "test2")
 
 
 def test_classification_needs_its_decision_period():

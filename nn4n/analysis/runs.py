@@ -85,7 +85,7 @@ def activity_from_run(
     batch = trials.batch(0)
     with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
         torch.manual_seed(trials.seed)
-        _, outputs, activity = evaluate(model, batch, spec.kind, noise)
+        _, outputs, activity = evaluate(model, batch, spec, noise)
     return activity_record(model, batch, outputs, activity, spec)
 
 

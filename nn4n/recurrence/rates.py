@@ -19,6 +19,7 @@ class RateFunction:
     into: Callable[[torch.Tensor, torch.Tensor], None]  # out = f(v), allocating nothing (out may be a strided slice)
     times_derivative: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]  # grad *= f'(v) in place, from r = f(v) and v
     kink: float | None = None  # where f' jumps (relu, retanh: 0)
+    ceiling: float | None = None  # the bound |f| approaches (tanh, sigmoid, retanh: 1); None where unbounded
 
 
 def _relu_into(v: torch.Tensor, out: torch.Tensor) -> None:
@@ -45,11 +46,11 @@ def _retanh_derivative(grad: torch.Tensor, r: torch.Tensor, v: torch.Tensor) -> 
 
 RATES: dict[str, RateFunction] = {
     "relu": RateFunction(F.relu, _relu_into, _relu_derivative, kink=0.0),
-    "tanh": RateFunction(torch.tanh, lambda v, out: torch.tanh(v, out=out), _tanh_derivative),
+    "tanh": RateFunction(torch.tanh, lambda v, out: torch.tanh(v, out=out), _tanh_derivative, ceiling=1.0),
     "softplus": RateFunction(F.softplus, lambda v, out: torch._C._nn.softplus(v, 1, 20, out=out),
                              lambda grad, r, v: aten.softplus_backward.grad_input(grad, v, 1, 20, grad_input=grad)),
     "sigmoid": RateFunction(torch.sigmoid, lambda v, out: torch.sigmoid(v, out=out),
-                            lambda grad, r, v: aten.sigmoid_backward.grad_input(grad, r, grad_input=grad)),
-    "retanh": RateFunction(lambda v: torch.tanh(F.relu(v)), _retanh_into, _retanh_derivative, kink=0.0),
+                            lambda grad, r, v: aten.sigmoid_backward.grad_input(grad, r, grad_input=grad), ceiling=1.0),
+    "retanh": RateFunction(lambda v: torch.tanh(F.relu(v)), _retanh_into, _retanh_derivative, kink=0.0, ceiling=1.0),
 }
 assert tuple(RATES) == ACTIVATIONS, "every name in nn4n.recurrence.ACTIVATIONS has its entry here, in that order"

@@ -56,12 +56,17 @@ def load_nn4n_file(path: str | Path, fmt: str, map_location: str | torch.device 
     except OSError:  # missing, a directory, no permission: as the file system says
         raise
     except Exception as err:  # torch raises UnpicklingError (and others) for unsafe, corrupt or foreign files
-        why = "it holds objects that would run code" if "Unsupported global" in str(err) else (
-            "unreadable: truncated, corrupt or not written by torch.save")
+        code = "unsupported global" in str(err).lower()  # torch's words for a pickled callable it refused
+        why = "it holds objects that would run code" if code else "unreadable: truncated, corrupt or not written by torch.save"
         raise ValueError(f"{path}: refused to load: not a plain-tensor nn4n {what}: {why} ({type(err).__name__})") from None
     found = state.get("format") if isinstance(state, dict) else None
     if found != fmt:
-        other = f"; it is an nn4n {_KINDS[found][0]}, which {_KINDS[found][1]} reads" if found in _KINDS else ""
+        if found in _KINDS:
+            other = f"; it is an nn4n {_KINDS[found][0]}, which {_KINDS[found][1]} reads"
+        elif isinstance(found, str) and found.split("/")[0] == fmt.split("/")[0]:
+            other = f" this version reads: its format is {found}, this nn4n reads {fmt} (written by another nn4n version)"
+        else:
+            other = ""
         raise ValueError(f"{path}: not an nn4n {what}{other}")
     return state
 

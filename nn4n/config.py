@@ -38,6 +38,7 @@ class TaskConfig:
     params: dict[str, Any] = field(default_factory=dict)
     decision_period: Any = "decision"  # the response period, a list of them (each scored), or null
     decision_weight: float = 5.0
+    grace: float = 0.0  # ms at the start and after the end of each response period left out of the loss: time to react
     trials_per_row: int = 1  # consecutive trials per batch row, the state carried across (block rules, history)
     dirs: list[str] = field(default_factory=list)
 
@@ -45,6 +46,7 @@ class TaskConfig:
         positive(self.dt, "task.dt")
         non_negative(self.decision_weight, "task.decision_weight")
         integer(self.trials_per_row, "task.trials_per_row")
+        non_negative(self.grace, "task.grace")
 
     def spec(self) -> TaskSpec:
         """The task's sizes, channel names and kind; makes the task (imports NeuroGym). A bad name, period or
@@ -202,6 +204,18 @@ def _reject_added_fields(node: DictConfig, path: str = "") -> None:
             raise ConfigError(f"{path}{key}: unknown key")
         if isinstance(value, DictConfig):
             _reject_added_fields(value, f"{path}{key}.")
+
+
+def check_config(raw: DictConfig | dict) -> DictConfig:
+    """Every check that needs no task, before torch or NeuroGym load (so a bad value fails in about a
+    second): the schema, and every value of every section, with the task's sizes not yet known.
+    Returns the merged config; :func:`nn4n.experiment.resolve` completes it with the task's sizes."""
+    cfg = check_schema(raw)
+    to_config(cfg.task)  # first: the model's dt is the task's
+    probe = cfg.copy()
+    probe.model.input_size = probe.model.output_size = 1  # the task's, set by resolve
+    to_config(probe)
+    return cfg
 
 
 def to_config(cfg: DictConfig) -> Any:

@@ -35,11 +35,16 @@ class TrialBatch:
 
     inputs: torch.Tensor  # (B, T, n_in) float32, zero-padded
     targets: torch.Tensor  # (B, T) int64 (classification) or (B, T, n_out) float32 (regression); padding 0
-    mask: torch.Tensor  # (B, T) float32 loss weight: 0 on padding, decision_weight in the response periods, else 1
+    mask: torch.Tensor  # (B, T) float32 loss weight: 0 on padding and grace steps, decision_weight in the response periods, else 1
     window: torch.Tensor  # (B, T) int16: the response window a step belongs to (1, 2, ...), 0 outside them
     lengths: torch.Tensor  # (B,) int64 row lengths in steps
     conditions: dict[str, np.ndarray]  # numeric trial info from new_trial(), each (B,) (or (B, trials_per_row))
     epochs: dict[str, np.ndarray]  # period -> (B, 2) int64 [start, end) steps, [0, 0) where absent; (B, trials_per_row, 2)
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """(B, T) bool: the steps inside each row (not padding)."""
+        return torch.arange(self.inputs.shape[1], device=self.lengths.device) < self.lengths[:, None]
 
     @property
     def n_windows(self) -> int:
@@ -105,10 +110,12 @@ class TrialSampler:
         decision_weight: float = 5.0,
         decision_period: str | Sequence[str] | None = "decision",
         trials_per_row: int = 1,
+        grace: float = 0.0,
     ) -> None:
         self.name, self.dt, self.batch_size, self.seed = name, dt, batch_size, seed
         self.timing, self.params, self.task_dirs = timing, params, tuple(task_dirs)
         self.decision_weight, self.decision_period, self.trials_per_row = decision_weight, decision_period, trials_per_row
+        self.grace = grace
         self._env: TrialEnv | None = None
         self._initial_state: dict[str, Any] = {}
         self._spec: TaskSpec | None = None
@@ -164,7 +171,8 @@ class TrialSampler:
         names = list(dict.fromkeys(p for row in rows for _, _, _, periods in row for p in periods))
         epochs = {p: np.zeros((n_batch, n_trials, 2), dtype=np.int64) for p in names}
         window = np.zeros((n_batch, n_steps), dtype=np.int16)
-        n_periods = len(spec.decision_periods)
+        graced = np.zeros((n_batch, n_steps), dtype=bool)  # grace ms from the start and from the end of each response period
+        n_periods, grace_steps = len(spec.decision_periods), int(round(self.grace / self.dt))
         for b, row in enumerate(rows):
             offset = 0
             for j, (_, ob, gt, periods) in enumerate(row):
@@ -173,11 +181,18 @@ class TrialSampler:
                 for p, (start, end) in periods.items():
                     epochs[p][b, j] = offset + start, offset + end
                 for k, p in enumerate(spec.decision_periods):
-                    if p in periods:
-                        window[b, offset + periods[p][0]:offset + periods[p][1]] = j * n_periods + k + 1
+                    parts = p.split("+")  # "a+b": from a's start to b's end
+                    first, last = parts[0], parts[-1]
+                    if first in periods and last in periods:
+                        start, end = offset + periods[first][0], offset + periods[last][1]
+                        window[b, start:end] = j * n_periods + k + 1
+                        graced[b, start:min(start + grace_steps, end)] = True
+                        graced[b, end:end + grace_steps] = True
                 offset += len(ob)
         mask = (np.arange(n_steps) < lengths[:, None]).astype(np.float32)
         mask[window > 0] = self.decision_weight
+        mask[graced & (mask > 0)] = 0.0  # time to react: to the go cue (a response there is scored, not trained),
+        # and to the response's end (the way back to fixation is not counted as breaking it)
         infos = [info for row in rows for info, _, _, _ in row]
         keys = [k for k in infos[0] if all(_is_condition(info.get(k)) for info in infos)]
         conditions = {k: np.asarray([info[k] for info in infos]).reshape(n_batch, n_trials) for k in keys}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from .config import Config, TaskConfig, check_schema, to_config
+from .config import Config, TaskConfig, check_config, to_config
 from .data import TrialSampler
 from .errors import ConfigError
 from .metrics import Objective, objective
@@ -17,7 +17,7 @@ EVAL_SEED_OFFSET = 2**31  # held-out trials come from a seed stream training nev
 def sampler(t: TaskConfig, batch_size: int, seed: int) -> TrialSampler:
     """Batches of task ``t`` that depend only on (seed, batch index)."""
     return TrialSampler(t.name, t.dt, batch_size, seed, t.timing, t.params, t.dirs, t.decision_weight, t.decision_period,
-                        t.trials_per_row)
+                        t.trials_per_row, t.grace)
 
 
 def held_out(cfg: Config, n_trials: int | None = None, seed: int | None = None) -> TrialSampler:
@@ -45,7 +45,7 @@ def run_objective(cfg: Config, spec: TaskSpec) -> Objective:
 
 def resolve(raw: DictConfig | dict) -> Config:
     """Validate a composed config and fill in what the task decides (input/output sizes, dt)."""
-    cfg = check_schema(raw)
+    cfg = check_config(raw)
     spec = task_spec(to_config(cfg.task))
     cfg.model.input_size, cfg.model.output_size, cfg.model.dt = spec.n_inputs, spec.n_outputs, spec.dt
     config = to_config(cfg)

@@ -156,6 +156,8 @@ def pca_trajectories(act: Record, color_by: str | None = None, max_trials: int =
     eigval, vt = np.pad(eigval[::-1], (0, 1)), np.pad(eigvec[:, ::-1].T, ((0, 1), (0, 0)))  # a zero PC2 for one neuron
     var = eigval / eigval.sum() if eigval.sum() > 0 else eigval  # a silent network has no variance to share out
     cond = act.get(f"cond_{color_by}")
+    if cond is not None and np.ndim(cond) == 2:  # rows of several trials: each row by its first trial's condition
+        cond = cond[:, 0]
     values = np.unique(cond) if cond is not None else np.array([None])
     n_val = len(values)
     colours = {v: f"C{j}" if n_val <= 10 else matplotlib.colormaps["viridis"](j / (n_val - 1))
@@ -273,11 +275,32 @@ def psychometric_curve(act: Record, strength: str = "coh") -> Figure | None:
     return fig
 
 
+def produced_intervals(act: Record) -> Figure | None:
+    """Timing tasks: each response's produced interval against its target interval (the diagonal is a perfect
+    one), coloured by its outcome (correct: within ``prod_margin * interval + 25`` ms). None for a record
+    without intervals."""
+    if "produced_interval" not in act:
+        return None
+    produced, target = np.asarray(act["produced_interval"], float).ravel(), np.asarray(act["target_interval"], float).ravel()
+    correct = np.asarray(act["outcome"]).ravel() == 1
+    fig = Figure(figsize=(5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    ax.scatter(target[correct], produced[correct], s=12, color="C2", label="correct")
+    ax.scatter(target[~correct], produced[~correct], s=12, color="C3", label="wrong (no response: not drawn)")
+    lim = np.nanmax(np.r_[target, produced, 1.0]) * 1.05
+    ax.plot([0, lim], [0, lim], color="k", lw=0.8, ls="--")
+    ax.set_xlabel("target interval (ms)")
+    ax.set_ylabel("produced interval (ms)")
+    ax.set_title(f"Produced intervals ({int(np.isfinite(produced).sum())} responses)")
+    ax.legend(fontsize=8)
+    return fig
+
+
 def all_figures(act: Record) -> dict[str, Figure]:
-    """All standard figures by name; 'psychometric' only when applicable."""
+    """All standard figures by name; 'psychometric' and 'intervals' only where they apply."""
     figs = {"activity": activity_heatmap(act), "connectivity": connectivity_matrix(act),
             "pca": pca_trajectories(act), "trial_io": trial_io(act)}
-    psy = psychometric_curve(act)
-    if psy is not None:
-        figs["psychometric"] = psy
+    for name, fig in (("psychometric", psychometric_curve(act)), ("intervals", produced_intervals(act))):
+        if fig is not None:
+            figs[name] = fig
     return figs

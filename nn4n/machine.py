@@ -59,11 +59,24 @@ def free_memory(device: torch.device) -> int | None:
 
 
 STEP_BYTES = 12  # a training step holds at least this per neuron x time step x trial (BENCHMARKS.md, Memory)
+SYNAPSE_BYTES = 32  # per possible recurrent synapse and network: raw, effective and masked float32 weights,
+# plasticity, gradient and two Adam moments
+INIT_BYTES = 64  # per possible synapse, on the host, while one network is initialised (float64 draws, eigenvalues)
 
 
-def check_step_memory(device: torch.device, trials: int, n_steps: int, n_neurons: int) -> None:
-    """A one-line ValueError (naming ``train.batch_size``) if one training step cannot fit in ``device``'s free memory."""
-    needed, free = STEP_BYTES * n_neurons * n_steps * trials, free_memory(device)
-    if free is not None and needed > free:
+def check_memory(device: torch.device, n_networks: int, n_neurons: int, trials: int, n_steps: int) -> None:
+    """A one-line ValueError if the networks (``model.areas``), or one training step with them
+    (``train.batch_size``), cannot fit in ``device``'s free memory (and the host's, for initialisation)."""
+    free, host = free_memory(device), free_memory(torch.device("cpu"))
+    weights = SYNAPSE_BYTES * n_networks * n_neurons**2 + (INIT_BYTES * n_neurons**2 if device.type == "cpu" else 0)
+    init = INIT_BYTES * n_neurons**2
+    if (free is not None and weights > free) or (host is not None and init > host):
+        have = min(f for f in (free, host) if f is not None)
+        raise ValueError(f"model.areas: {n_networks} network(s) of {n_neurons} neurons need at least "
+                         f"{max(weights, init) / 2**30:.1f} GiB for their weights and optimizer state; "
+                         f"{device} has {have / 2**30:.1f} GiB free")
+    step = STEP_BYTES * n_neurons * n_steps * trials
+    if free is not None and weights + step > free:
         raise ValueError(f"train.batch_size: a step of {trials} trials x {n_steps} time steps x {n_neurons} neurons "
-                         f"needs at least {needed / 2**30:.1f} GiB; {device} has {free / 2**30:.1f} GiB free")
+                         f"needs at least {(weights + step) / 2**30:.1f} GiB with the weights; {device} has "
+                         f"{free / 2**30:.1f} GiB free")

@@ -94,7 +94,8 @@ def trial_outcomes(outputs: torch.Tensor, batch: TrialBatch, spec: TaskSpec) -> 
     (the argmax of its outputs):
 
     - broke fixation (an abort): the action left fixation at a step before the window whose target is fixation
-      (since the row's start or the previous window's end);
+      and that is trained (since the row's start or the previous window's end; ``task.grace`` after a window
+      is the way back to fixation);
     - no response (an abort): the target is a choice but the action never leaves fixation in the window;
     - otherwise the response is the first action other than fixation in the window: correct if it is the
       target; where the target is to keep fixating (a no-go trial), correct if there is no response at all;

@@ -205,7 +205,11 @@ class CTRNN(nn.Module):
 
         w = signed(st.rec_mask.shape, st.rec_mask, st.sign)
         exc, inh = st.sign > 0, st.sign < 0
-        if w[:, inh].any() and w[:, exc].any():  # E/I balance: total inhibition equals total excitation
+        if cfg.init.balance == "neuron":  # each neuron's inhibition equals its excitation (rows with both)
+            excitation, inhibition = w[:, exc].sum(1), -w[:, inh].sum(1)
+            both = (excitation > 0) & (inhibition > 0)
+            w[np.ix_(both, inh)] *= (excitation[both] / inhibition[both])[:, None]
+        elif w[:, inh].any() and w[:, exc].any():  # total inhibition equals total excitation
             w[:, inh] *= w[:, exc].sum() / -w[:, inh].sum()
         radius = np.abs(np.linalg.eigvals(w)).max() if w.any() else 0.0
         if radius > 0 and cfg.init.spectral_radius > 0:

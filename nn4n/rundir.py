@@ -9,13 +9,17 @@ its presence marks a finished run.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from omegaconf import OmegaConf
 
+from . import safe_yaml
 from .errors import ConfigError
 from .files import write_json
 
@@ -47,24 +51,68 @@ def flatten(values: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: values}
 
 
+HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what Hydra writes into a run's .hydra/
+MAX_RECORD_CHARS = 1 << 20
+MAX_OVERRIDES, MAX_OVERRIDE_CHARS = 1000, 1000
+
+
 def hydra_record(run_dir: Path) -> dict[str, str]:
     """The run's ``.hydra/*.yaml`` files (its config as Hydra composed it), by name; checkpoints carry them."""
-    return {path.name: path.read_text() for path in sorted((run_dir / ".hydra").glob("*.yaml"))}
+    return {name: (run_dir / ".hydra" / name).read_text() for name in HYDRA_FILES if (run_dir / ".hydra" / name).is_file()}
+
+
+def check_hydra_record(record: Any, where: Path) -> dict[str, str]:
+    """``record`` (a checkpoint's) if it is a Hydra record: Hydra's own file names, texts of a bounded size;
+    a one-line ValueError otherwise (a tampered checkpoint cannot name a file to write)."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: its hydra record is not a mapping of file names to texts")
+    for name, text in record.items():
+        if name not in HYDRA_FILES:
+            raise ValueError(f"{where}: its hydra record names {str(name)[:80]!r}, not one of {', '.join(HYDRA_FILES)}")
+        if not isinstance(text, str) or len(text) > MAX_RECORD_CHARS:
+            raise ValueError(f"{where}: its hydra record's {name} is not a text of at most {MAX_RECORD_CHARS} characters")
+    return record
 
 
 def restore_hydra_record(run_dir: Path) -> None:
     """Put back the ``.hydra`` files of the run in ``run_dir``, as its last checkpoint carries them:
-    Hydra writes every command's config there first, also that of a command which then fails."""
+    Hydra writes every command's config there first, also that of a command which then fails. Only
+    Hydra's own file names are written, and only into ``run_dir/.hydra``."""
     from .checkpoint import load_checkpoint  # torch: not needed by nn4n-sweep-summary
 
     last = last_checkpoint(run_dir)
     if last.exists():
         try:
-            record = load_checkpoint(last).get("hydra", {})
-        except ValueError:  # a checkpoint refused as unsafe: that error is the one reported
+            record = check_hydra_record(load_checkpoint(last).get("hydra", {}), last)
+        except ValueError:  # a checkpoint refused as unsafe, or a tampered record: that error is the one reported
             return
         for name, text in record.items():
             (run_dir / ".hydra" / name).write_text(text)
+
+
+def run_overrides(run_dir: Path) -> tuple[list[str], list[str]]:
+    """The command-line overrides a run was started with (``.hydra/overrides.yaml``) and the config folders
+    it was given (``--config-dir``, from ``.hydra/hydra.yaml``), read as data and checked: a list of at most
+    ``MAX_OVERRIDES`` strings of nn4n settings (no ``hydra.*``). One-line ValueErrors otherwise."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        raise ValueError(f"{run_dir} is not an nn4n-train run directory (it has no .hydra/overrides.yaml)")
+    overrides = safe_yaml.load(path) or []
+    if not (isinstance(overrides, list) and len(overrides) <= MAX_OVERRIDES
+            and all(isinstance(o, str) and len(o) <= MAX_OVERRIDE_CHARS for o in overrides)):
+        raise ValueError(f"{path}: not a list of at most {MAX_OVERRIDES} overrides (key=value)")
+    for override in overrides:
+        if override.lstrip("+~").startswith("hydra"):
+            raise ValueError(f"{path}: {override[:80]!r} is not an nn4n setting")
+    config_dirs: list[str] = []
+    if (run_dir / ".hydra" / "hydra.yaml").is_file():
+        sources = safe_yaml.load(run_dir / ".hydra" / "hydra.yaml")
+        try:
+            sources = sources["hydra"]["runtime"]["config_sources"]
+            config_dirs = [s["path"] for s in sources if s["provider"] == "command-line" and s["schema"] == "file"]
+        except (KeyError, TypeError):
+            raise ValueError(f"{run_dir / '.hydra' / 'hydra.yaml'}: not Hydra's record of a run") from None
+    return overrides, [str(d) for d in config_dirs]
 
 
 def check_resumable(state: dict[str, Any], current: dict[str, Any], run_dir: Path) -> None:
@@ -89,8 +137,11 @@ def check_resumable(state: dict[str, Any], current: dict[str, Any], run_dir: Pat
             was = f"{run} was started with {saved[key]!r}" + (
                 f" and its learning rate schedule ({saved['train.schedule']}) depends on it" if steps else "")
         now = f"is {current[key]!r}" if key in current else "is not set"
-        record = OmegaConf.create(state.get("hydra", {}).get("overrides.yaml", "[]"))
-        overrides = " ".join(OmegaConf.to_container(record)) or "none"  # as typed: ${...} unresolved
+        try:
+            record = safe_yaml.parse(check_hydra_record(state.get("hydra", {}), run_dir).get("overrides.yaml", "[]"), "")
+            overrides = " ".join(map(str, record or [])) or "none"  # as typed: ${...} unresolved
+        except ValueError:
+            overrides = "unreadable"
         raise ConfigError(f"{key}: {now} but {was}; resume with the run's own overrides ({overrides}; "
                           f"nn4n-train resume={run_dir} gives them) or use another output directory")
 
@@ -123,3 +174,97 @@ def summarize_networks(per_network: list[dict[str, Any]]) -> dict[str, Any]:
         values = np.array([m[key] for m in per_network], dtype=float)
         summary[key], summary[f"{key}_sd"] = float(values.mean()), float(values.std(ddof=1))
     return summary | {k: per_network[0][k] for k in ("steps", "wall_time_s", "scored")} | {"networks": per_network}
+
+
+LOCK_FILE = ".nn4n.lock"
+HEARTBEAT_S = 30  # the holder refreshes its lock this often
+STALE_AFTER_S = 300  # a lock whose heartbeat is older than this is taken over (a holder killed on another host)
+
+
+class RunLocked(ConfigError):
+    """The run directory has a live writer; the message names it (PID, host, since when)."""
+
+
+class RunLock:
+    """One writer per run directory, for as long as the ``with`` block lasts: ``.nn4n.lock`` holds the writer's
+    host, PID and what it does, and its modification time is the writer's heartbeat (refreshed every
+    ``HEARTBEAT_S`` seconds by a thread). A lock left by a killed writer does not block: on the same host it is
+    stale once its PID is gone, from any host once its heartbeat is older than ``STALE_AFTER_S``. Works on a
+    shared (cluster) file system: taking a lock is an exclusive create, taking over a stale one a rename."""
+
+    def __init__(self, run_dir: Path, purpose: str = "training") -> None:
+        self.path, self.purpose = Path(run_dir) / LOCK_FILE, purpose
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def __enter__(self) -> RunLock:
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = read_lock(self.path)
+                if holder is not None and not stale(holder):
+                    raise RunLocked(lock_message(self.path.parent, holder)) from None
+                try:  # take over a stale lock: only one of several takers wins the rename
+                    os.replace(self.path, self.path.with_name(f"{LOCK_FILE}.stale.{os.getpid()}"))
+                    self.path.with_name(f"{LOCK_FILE}.stale.{os.getpid()}").unlink(missing_ok=True)
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({"host": socket.gethostname(), "pid": os.getpid(), "purpose": self.purpose,
+                           "since": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
+            self._beat = threading.Thread(target=self._heartbeat, daemon=True)
+            self._beat.start()
+            return self
+        raise RunLocked(f"{self.path.parent}: could not take its lock ({self.path}); try again")
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                os.utime(self.path)
+            except OSError:
+                return
+
+    def __exit__(self, *_: Any) -> None:
+        self._stop.set()
+        holder = read_lock(self.path)
+        if holder is not None and (holder.get("host"), holder.get("pid")) == (socket.gethostname(), os.getpid()):
+            self.path.unlink(missing_ok=True)
+
+
+def read_lock(path: Path) -> dict[str, Any] | None:
+    """The lock's holder and its heartbeat age (``age_s``); None if there is no lock. An unreadable one (half
+    written, say) is taken as held by nobody known, its age still counting."""
+    try:
+        age = time.time() - path.stat().st_mtime
+        text = path.read_text()[:4096]
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        holder = json.loads(text)
+    except ValueError:
+        holder = {}
+    return (holder if isinstance(holder, dict) else {}) | {"age_s": age}
+
+
+def stale(holder: dict[str, Any]) -> bool:
+    """A lock is stale once its heartbeat is older than ``STALE_AFTER_S``, or at once on this host if its
+    writer's PID is gone."""
+    if holder["age_s"] > STALE_AFTER_S:
+        return True
+    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, someone else's
+            return False
+    return False
+
+
+def lock_message(run_dir: Path, holder: dict[str, Any]) -> str:
+    who = f"PID {holder.get('pid', '?')} on {holder.get('host', '?')}"
+    return (f"{run_dir} is in use: {holder.get('purpose', 'a writer')} by {who} since {holder.get('since', '?')} "
+            f"(heartbeat {holder['age_s']:.0f} s ago); one writer at a time. A lock from another host is taken over "
+            f"once its heartbeat is {STALE_AFTER_S} s old")

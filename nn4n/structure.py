@@ -8,6 +8,7 @@ excitatory before inhibitory inside each area. Matrices are indexed ``[post, pre
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -17,6 +18,7 @@ from .recurrence import ACTIVATIONS
 from .validate import check, choice, fraction, integer, is_number, non_negative, number, positive, seed, unit
 
 INIT_DISTRIBUTIONS = ("normal", "uniform", "gamma")
+BALANCES = ("network", "neuron")
 PROJECTING = ("all", "excitatory")
 POPULATIONS = {"E": 1, "excitatory": 1, "I": -1, "inhibitory": -1}  # population name -> neuron sign
 TAU_STREAM = 1  # the random stream, after the config's seed, that per-neuron taus are drawn from
@@ -73,9 +75,14 @@ class Noise:
 
 @dataclass
 class Init:
-    """Weight initialisation: magnitude distribution and spectral radius of the signed W_rec."""
+    """Weight initialisation: magnitude distribution, E/I balance and spectral radius of the signed W_rec.
+
+    ``balance``: ``network`` scales all inhibitory weights so that the network's total inhibition equals its
+    total excitation; ``neuron`` does so for each neuron's incoming synapses (each row of W_rec sums to 0).
+    """
 
     dist: str = "normal"
+    balance: str = "network"
     spectral_radius: float = 1.5
     input_scale: float = 1.0
     readout_scale: float = 1.0
@@ -173,6 +180,9 @@ def _validate(cfg: NetworkConfig) -> None:
     """Check every value, naming the offending key; nothing is built from a bad config."""
     check(isinstance(cfg.areas, Mapping) and len(cfg.areas) > 0, "areas", "at least one area is required")
     names = list(cfg.areas)
+    for name in names:  # names become TensorBoard tags (rates/PFC/E) and config keys (model.areas.PFC)
+        check(isinstance(name, str) and re.fullmatch(r"[A-Za-z][\w-]*", name) is not None, f"areas.{name}",
+              f"an area name is a letter followed by letters, digits, _ or -, got {name!r}")
 
     def known(area: Any, key: str) -> None:
         check(area in cfg.areas, key, f"unknown area {area!r}; areas: {', '.join(names)}")
@@ -229,6 +239,7 @@ def _validate(cfg: NetworkConfig) -> None:
     for key in ("spectral_radius", "input_scale", "readout_scale"):
         non_negative(getattr(cfg.init, key), f"init.{key}")
     choice(cfg.init.dist, INIT_DISTRIBUTIONS, "init.dist")
+    choice(cfg.init.balance, BALANCES, "init.balance")
     for key in ("input", "readout", "within", "between"):
         unit(getattr(cfg.plasticity, key), f"plasticity.{key}")
     for to, row in cfg.plasticity.projections.items():

@@ -1,11 +1,12 @@
 """Sweeps (``nn4n-train -m``): idempotent jobs, and ``nn4n-sweep-summary DIR``.
 
 A sweep directory holds one sub-directory per job, made by Hydra (``.hydra/overrides.yaml``). A job
-is *finished* when its ``metrics.json`` exists (the trainer writes it last), *failed* when its last
-attempt raised (``error.txt`` holds the one-line reason) and it has no ``metrics.json``, and *missing
-metrics* otherwise (killed, timed out, still running, or never started). A finished job whose later
-attempt was refused before training (a different config pointed at the same directory) keeps its
-record and metrics, and the summary shows the refusal beside them.
+is *finished* when its ``metrics.json`` exists (the trainer writes it last), *running* while a live
+process holds its lock, *requeued* when the cluster took it back to run it again (``requeued.txt``),
+*failed* when its last attempt raised (``error.txt`` holds the one-line reason), and *missing metrics*
+otherwise (killed, or never started). A finished job whose later attempt was refused before training
+(a different config pointed at the same directory) keeps its record and metrics, and the summary shows
+the refusal beside them.
 
 Re-running a sweep into the same ``hydra.sweep.dir`` skips finished jobs (their stored metric is
 returned to the sweeper, so an Optuna study sees the same values) and redoes the others, which
@@ -29,17 +30,19 @@ from typing import Any, Callable, Iterable
 import yaml
 
 from .errors import ConfigError
-from .rundir import METRICS_FILE, check_resumable, flatten, last_checkpoint, read_metrics
+from .rundir import LOCK_FILE, METRICS_FILE, check_resumable, flatten, last_checkpoint, read_lock, read_metrics, stale
 
 log = logging.getLogger("nn4n")
 
 ERROR_FILE = "error.txt"
+REQUEUED_FILE = "requeued.txt"  # the cluster took the job back to run it again; it resumes from its checkpoint
 
 
 # ----------------------------------------------------------------------------- inside a sweep job
 def start_job(run_dir: Path) -> None:
-    """A new attempt at this job: forget the failure of an earlier one."""
+    """A new attempt at this job: forget how an earlier one ended (failed, or requeued)."""
     (run_dir / ERROR_FILE).unlink(missing_ok=True)
+    (run_dir / REQUEUED_FILE).unlink(missing_ok=True)
 
 
 def record_failure(run_dir: Path, err: BaseException) -> None:
@@ -70,7 +73,12 @@ def sweep_job(task: Callable[[Any], float]) -> Callable[[Any], float]:
         try:
             return task(cfg)
         except BaseException as err:
-            record_failure(run_dir, err)
+            from .train import Requeued
+
+            if isinstance(err, Requeued):
+                (run_dir / REQUEUED_FILE).write_text("requeued by the cluster (time limit or preemption) after a checkpoint\n")
+            else:
+                record_failure(run_dir, err)
             raise
 
     return run
@@ -135,7 +143,15 @@ def load_job(job_dir: Path, root: Path) -> Job:
             metrics = {k: v for k, v in json.loads(metrics_file.read_text()).items() if isinstance(v, (int, float))}
         except (ValueError, AttributeError):
             error = error or f"{METRICS_FILE} is unreadable"
-    status = "finished" if metrics else "failed" if error_file.exists() else "missing metrics"
+    holder = read_lock(job_dir / LOCK_FILE)
+    if metrics:
+        status = "finished"
+    elif holder is not None and not stale(holder):
+        status, error = "running", f"running: PID {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}"
+    elif (job_dir / REQUEUED_FILE).exists():
+        status, error = "requeued", (job_dir / REQUEUED_FILE).read_text().strip()
+    else:
+        status = "failed" if error_file.exists() else "missing metrics"
     if metrics and error:  # refused before training (e.g. another config): the directory keeps its run and record
         error = f"finished; a later attempt failed: {error}"
     return Job(job_dir, name, overrides, status, metrics, error)
@@ -217,7 +233,7 @@ def summarize(root: Path, seed_key: str = "seed", write: bool = True) -> str:
         raise FileNotFoundError(f"{root}: no job directories (none has .hydra/overrides.yaml)")
     varying, common = _override_keys(jobs)
     metrics = _metric_names(jobs)
-    counts = {s: sum(j.status == s for j in jobs) for s in ("finished", "failed", "missing metrics")}
+    counts = {s: sum(j.status == s for j in jobs) for s in ("finished", "running", "requeued", "failed", "missing metrics")}
     out = [f"{len(jobs)} job{'s' * (len(jobs) != 1)} under {root}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)]
     if common:
         out.append("common overrides: " + " ".join(f"{k}={jobs[0].overrides[k]}" for k in common))

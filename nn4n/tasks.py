@@ -83,12 +83,13 @@ def _import_file(path: Path) -> ModuleType:
 
 def _user_ids(task_dirs: Sequence[str | Path]) -> list[str]:
     """Import and register the task files of `task_dirs` and of $NN4N_TASK_PATH."""
-    dirs = [*task_dirs, *filter(None, os.environ.get(TASK_PATH_ENV, "").split(os.pathsep))]
+    dirs = [(d, "task.dirs") for d in task_dirs]
+    dirs += [(d, TASK_PATH_ENV) for d in filter(None, os.environ.get(TASK_PATH_ENV, "").split(os.pathsep))]
     ids: list[str] = []
-    for d in dirs:
+    for d, key in dirs:
         folder = Path(d).expanduser().resolve()
         if not folder.is_dir():
-            raise ValueError(f"task.dirs: '{d}' is not a directory")
+            raise ValueError(f"{key}: '{d}' is not a directory")
         for path in sorted(folder.glob("*.py")):
             if path not in _user_files:
                 _user_files[path] = _register_module(_import_file(path), f"task.dirs: '{path}'")
@@ -245,7 +246,9 @@ def _names(space: gym.Space) -> dict[str, list[int]]:
 
 
 def decision_periods(value: str | Sequence[str] | None) -> tuple[str, ...]:
-    """``task.decision_period`` as a tuple: one period, a list of them, or None (none)."""
+    """``task.decision_period`` as a tuple: one period, a list of them, or None (none). An entry ``a+b`` is
+    one response window from the start of period ``a`` to the end of period ``b`` (OneTwoThreeGo's
+    ``interval3+response``: a timed response may come in either)."""
     if value is None:
         return ()
     return (value,) if isinstance(value, str) else tuple(value)
@@ -274,7 +277,7 @@ def task_spec(env: TrialEnv, decision_period: str | Sequence[str] | None = "deci
     wanted = decision_periods(decision_period)
     if not all(isinstance(p, str) for p in wanted):
         raise ValueError(f"task.decision_period: must be a period name, a list of them or null, got {decision_period!r}")
-    missing = [p for p in wanted if p not in periods]
+    missing = [part for p in wanted for part in p.split("+") if part not in periods]
     if discrete and missing:
         raise ValueError(f"task.decision_period: {missing[0]!r} is not a period of {name} (periods: "
                          f"{', '.join(periods)}; null for none: no accuracy, only the loss)")
@@ -282,7 +285,7 @@ def task_spec(env: TrialEnv, decision_period: str | Sequence[str] | None = "deci
     if output_names:
         fixation = output_names.get("fixation", [None])[0]
     else:  # NeuroGym's convention, action 0, where the trial has periods before its response to fixate through
-        first = min((env.start_ind[p] for p in wanted if p in env.start_ind), default=0)
+        first = min((env.start_ind[p.split("+")[0]] for p in wanted if p.split("+")[0] in env.start_ind), default=0)
         fixation = 0 if first > 0 else None  # none (ToneDetection): a response is read at its period's end
     return TaskSpec(
         name=name,
@@ -291,7 +294,7 @@ def task_spec(env: TrialEnv, decision_period: str | Sequence[str] | None = "deci
         kind=TaskKind.CLASSIFICATION if discrete else TaskKind.REGRESSION,
         input_names=_names(env.observation_space),
         output_names=output_names,
-        decision_periods=tuple(p for p in wanted if p in periods),
+        decision_periods=tuple(p for p in wanted if all(part in periods for part in p.split("+"))),
         dt=float(env.dt),
         fixation=fixation if discrete else None,
         prod_margin=getattr(env, "prod_margin", None) if discrete else None,

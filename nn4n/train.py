@@ -31,7 +31,7 @@ from .ensemble import Ensemble
 from .errors import ConfigError, TrainingError
 from .evaluate import activity_record, evaluate_ensemble, save_activity
 from .experiment import held_out, run_objective, sampler
-from .machine import available_device, check_step_memory, loader_workers, warn_if_above_cores
+from .machine import available_device, check_memory, loader_workers, warn_if_above_cores
 from .metrics import scoring, task_loss
 from .monitor import Monitor
 from .recurrence.rates import RATES
@@ -40,6 +40,7 @@ from .rundir import (ACTIVITY_FILE, METRICS_FILE, check_disk_space, check_resuma
                      last_checkpoint, network_dir, summarize_networks, write_metrics)
 
 log = logging.getLogger("nn4n")
+DIVERGED = 1e4  # a loss this many times its first value (in this process) stops the run as diverged
 
 
 class Interrupted(TrainingError):
@@ -47,17 +48,35 @@ class Interrupted(TrainingError):
 
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
-        self.exit_code = 128 + signum
+        self.signum, self.exit_code = signum, 128 + signum
+
+    def __reduce__(self) -> tuple[type, tuple[str, int]]:
+        """Pickled with its signal: a sweep's launcher unpickles what a job raised (scancel on SLURM)."""
+        return Interrupted, (str(self), self.signum)
+
+
+class Requeued(SystemExit):
+    """The cluster takes the job back to run it again (its time limit, a preemption): a checkpoint of the last
+    finished step was written first, then the cluster's own handler (submitit's) requeued it."""
+
+
+PREEMPTION = getattr(signal, "SIGUSR2", None)  # submitit's signal before a time limit or a preemption
 
 
 @contextlib.contextmanager
-def _deferred_signals() -> Iterator[list[int]]:
-    """While training, SIGINT/SIGTERM only record their arrival so the loop can checkpoint and stop."""
-    received: list[int] = []
+def _deferred_signals() -> Iterator[list[tuple[int, Any]]]:
+    """While training, SIGINT/SIGTERM (and a preemption signal someone handles, as submitit does SIGUSR2) only
+    record their arrival, with the handler they replaced, so that the loop can checkpoint first."""
+    received: list[tuple[int, Any]] = []
     if threading.current_thread() is not threading.main_thread():
         yield received
         return
-    previous = {s: signal.signal(s, lambda signum, _: received.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    wanted = [signal.SIGINT, signal.SIGTERM]
+    if PREEMPTION is not None and callable(signal.getsignal(PREEMPTION)):
+        wanted.append(PREEMPTION)
+    previous = {s: signal.getsignal(s) for s in wanted}
+    for s in wanted:
+        signal.signal(s, lambda signum, _: received.append((signum, previous[signum])))
     try:
         yield received
     finally:
@@ -122,11 +141,12 @@ class Trainer:
         try:
             self.device = available_device(cfg.train.device, "train.device")
             engine = recurrence.engine_for(cfg.train.engine, self.device)
-            self.held_out = held_out(cfg).batch(0).to(self.device)
-            n_neurons, n_steps = sum(area.size for area in cfg.model.areas.values()), self.held_out.inputs.shape[1]
+            n_neurons = sum(area.size for area in cfg.model.areas.values())
+            n_steps = int(held_out(cfg, n_trials=32).batch(0).lengths.max())  # a sample's: the batches are not made yet
+            check_memory(self.device, n_networks, n_neurons, n_networks * max(cfg.train.batch_size, cfg.train.eval_trials), n_steps)
             run_dir.mkdir(parents=True, exist_ok=True)  # its contents only once every check has passed
             check_disk_space(cfg, run_dir, n_neurons, n_steps)
-            check_step_memory(self.device, n_networks * cfg.train.batch_size, n_steps, n_neurons)
+            self.held_out = held_out(cfg).batch(0).to(self.device)
         except ValueError as err:
             raise ConfigError(str(err)) from None
         self.loader_workers = loader_workers(cfg.train.data_workers, self.device)
@@ -155,6 +175,7 @@ class Trainer:
         self.began = time.perf_counter() - elapsed
         self.progress: tqdm | None = None
         self.unchecked: tuple[int, torch.Tensor, torch.Event | None] | None = None  # step, (losses, norms), copied
+        self.first_loss: torch.Tensor | None = None  # per network, the first loss this process checked
 
     def _resume(self) -> float:
         """Load ``checkpoints/last.pt``; return the training time it had already taken."""
@@ -203,20 +224,32 @@ class Trainer:
                     self._evaluate(step)
                 if _every(step, cfg.train.checkpoint_every, last) or received:
                     self._save(step)
-                if received:
-                    name = signal.Signals(received[0]).name
-                    raise Interrupted(f"{name} at step {step}: checkpoint saved; run the same command again to resume", received[0])
+                while received:
+                    self._stop(step, *received.pop(0))
                 if self.progress is not None:
                     self.progress.update(1)
             if self.progress is not None:
                 self.progress.close()
             return self._finish()
 
+    def _stop(self, step: int, signum: int, previous: Any) -> None:
+        """After the checkpoint of ``step``: a preemption goes on to the handler it replaced (submitit's, which
+        requeues the job); SIGINT/SIGTERM stop the run with the command that resumes it."""
+        name = signal.Signals(signum).name
+        if signum == PREEMPTION:
+            log.info("%s at step %d: checkpoint saved; handing over to the cluster's requeue", name, step)
+            try:
+                previous(signum, None)
+            except SystemExit as done:
+                raise Requeued(done.code) from None
+            return
+        raise Interrupted(f"{name} at step {step}: checkpoint saved; resume with: nn4n-train resume={self.run_dir}", signum)
+
     def train_step(self, step: int, batch: TrialBatch) -> None:
         """Forward all networks on their own trials, backward, clip each network, optimizer step, log."""
         cfg, last, k = self.cfg, self.cfg.train.steps, len(self.networks)
         parts = batch.split(k)
-        valid = [part.mask > 0 for part in parts]
+        valid = [part.valid for part in parts]
         outputs, activities = self.ensemble(batch.inputs.view(k, -1, *batch.inputs.shape[1:]))
         terms = [
             {"task": task_loss(out, part, self.spec.kind), **regularization(cfg.train.reg, net, act, ok)}
@@ -251,21 +284,29 @@ class Trainer:
                 monitor.histograms(step, net, act, ok)
 
     def _check_finite(self) -> None:
-        """Stop if the last unchecked step's loss or gradient norm was not finite (its update was skipped)."""
+        """Stop if the last unchecked step's loss or gradient norm was not finite (its update was skipped), or if
+        its loss exploded: above ``DIVERGED`` times the first loss this process saw (its update was made)."""
         if self.unchecked is None:
             return
         step, (totals, norms), copied = self.unchecked
         self.unchecked = None
         if copied is not None:
             copied.synchronize()
+        if self.first_loss is None:
+            self.first_loss = totals.abs().clamp_min(1e-3)
         finite = torch.isfinite(norms)
-        if not finite.all():
-            bad = int((~finite).nonzero()[0])
-            which = f"network {bad}: " if len(norms) > 1 else ""
-            raise TrainingError(
-                f"step {step}: {which}loss {totals[bad].item():.4g}, gradient norm {norms[bad].item():.4g} is not finite; "
-                f"its update was skipped and nothing saved after it (last good checkpoint: {self.last_path})"
-            )
+        exploded = torch.isfinite(totals) & (totals.abs() > DIVERGED * self.first_loss)
+        if finite.all() and not exploded.any():
+            return
+        bad = int((~finite | exploded).nonzero()[0])
+        which = f"network {bad}: " if len(norms) > 1 else ""
+        saved = f"last good checkpoint: {self.last_path}" if self.last_path.exists() else "no checkpoint was written before it"
+        if not finite[bad]:
+            raise TrainingError(f"step {step}: {which}loss {totals[bad].item():.4g}, gradient norm {norms[bad].item():.4g} "
+                                f"is not finite; its update was skipped and nothing saved after it ({saved})")
+        raise TrainingError(f"step {step}: {which}loss {totals[bad].item():.4g} is over {DIVERGED:g} times its first value "
+                            f"{self.first_loss[bad].item():.4g}: the run diverged (a lower train.lr?); nothing saved "
+                            f"after it ({saved})")
 
     def _evaluate(self, step: int) -> None:
         """Held-out metrics of every network; a network's best so far is saved as its ``best.pt``."""
@@ -315,7 +356,7 @@ class Trainer:
             monitor.hparams(cfg.train.steps, params, metrics)
             ceiling = RATES[cfg.model.activation].ceiling
             metrics |= {"steps": cfg.train.steps, "wall_time_s": wall, "scored": scoring(self.spec),
-                        "activity": activity.stats(self.held_out.mask > 0, ceiling)}
+                        "activity": activity.stats(self.held_out.valid, ceiling)}
             if n_networks > 1:
                 metrics["seed"] = net.config.seed
                 write_metrics(self.dirs[i], metrics)

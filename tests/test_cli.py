@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from nn4n import CTRNN
 from nn4n.checkpoint import load_checkpoint
+from nn4n.errors import ConfigError
 from helpers import hparams_session
 
 
@@ -247,9 +248,12 @@ def test_resume_puts_the_runs_own_command_line_in_its_place(tmp_path: Path) -> N
     sources = [{"path": "nn4n_configs", "schema": "pkg", "provider": "main"},
                {"path": "/my/configs", "schema": "file", "provider": "command-line"}]
     (run / ".hydra" / "hydra.yaml").write_text(json.dumps({"hydra": {"runtime": {"config_sources": sources}}}))
-    assert _resumed(["--cfg", "job", f"resume={run}", "train.steps=200"]) == [
+    assert _resumed(["--config-dir=/my/configs", "--cfg", "job", f"resume={run}", "train.steps=200"]) == [
         "--config-dir=/my/configs", "--cfg", "job", "arch=mine", "seed=3", "name=run_${seed}", f"hydra.run.dir={run}",
         "train.steps=200"]
     assert _resumed([f"resume={run}", "-cd", "/other"]) == [
         "arch=mine", "seed=3", "train.steps=100", "name=run_${seed}", f"hydra.run.dir={run}", "-cd", "/other"]
+    with pytest.raises(ConfigError, match=r"^resume: the run in .* was started with --config-dir /my/configs; a config "
+                                          r"folder is read only when you name it: nn4n-train --config-dir /my/configs resume="):
+        _resumed([f"resume={run}"])
     assert _resumed(["seed=1"]) == ["seed=1"]

@@ -214,3 +214,25 @@ def test_loader_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     for cores, want in [(1, 1), (2, 1), (5, 4), (16, 8), (64, 8)]:
         monkeypatch.setattr(os, "sched_getaffinity", lambda _, cores=cores: set(range(cores)))
         assert loader_workers("auto", cuda) == want, cores
+
+
+def test_grace_steps_are_scored_not_trained():
+    """task.grace: the first 40 ms of the decision period (2 steps at dt 20) are out of the loss, still in its window."""
+    batch = TrialSampler(PDM, dt=20, batch_size=4, seed=0, grace=40).batch(0)
+    assert (batch.window[:, 105:] == 1).all() and (batch.window[:, :105] == 0).all()  # the trial ends with it
+    assert (batch.mask[:, 105:107] == 0).all() and (batch.mask[:, 107:] == 5.0).all() and (batch.mask[:, :105] == 1.0).all()
+    assert batch.valid.all()  # grace steps are trial steps: rate penalties and statistics still see them
+    dual = TrialSampler("DualDelayMatchSample-v0", dt=20, batch_size=2, seed=0, decision_period=["test1", "test2"], grace=40).batch(0)
+    assert (dual.mask[:, 100:102] == 0).all() and (dual.mask[:, 102:125] == 5).all()  # test1: 100-125
+    assert (dual.mask[:, 125:127] == 0).all() and (dual.mask[:, 127:150] == 1).all()  # back to fixation after it
+
+
+def test_rows_of_consecutive_trials():
+    single = TrialSampler("GoNogo-v0", dt=20, batch_size=6, seed=0).batch(0)
+    rows = TrialSampler("GoNogo-v0", dt=20, batch_size=2, seed=0, trials_per_row=3).batch(0)
+    assert rows.conditions["ground_truth"].shape == (2, 3) and rows.epochs["decision"].shape == (2, 3, 2)
+    # the same six trials, three to a row, one after the other from the row's start
+    np.testing.assert_array_equal(rows.conditions["ground_truth"].ravel(), single.conditions["ground_truth"])
+    first = int(single.lengths[0])
+    assert torch.equal(rows.inputs[0, first:first + int(single.lengths[1])], single.inputs[1, :single.lengths[1]])
+    assert rows.window[0].unique().tolist() == [0, 1, 2, 3] and int(rows.lengths[0]) == int(single.lengths[:3].sum())

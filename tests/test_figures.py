@@ -161,7 +161,8 @@ def test_trial_io_classification(act):
     assert len(ax_out.patches) == 3  # one shaded span per epoch
     assert [t.get_text() for t in ax_out.get_legend().get_texts()] == ["class 0", "class 1", "class 2"]
     one_hot = np.stack([line.get_ydata() for line in ax_tgt.get_lines()])  # the target class, one trace per class
-    np.testing.assert_array_equal(one_hot.argmax(0), act["targets"][0, :length]) and np.testing.assert_array_equal(one_hot.sum(0), 1)
+    np.testing.assert_array_equal(one_hot.argmax(0), act["targets"][0, :length])
+    np.testing.assert_array_equal(one_hot.sum(0), 1)
     assert [line.get_color() for line in ax_tgt.get_lines()] == [line.get_color() for line in ax_out.get_lines()]
     named = figures.trial_io(act | {"input_labels": np.array(["fixation", "stimulus 0", "stimulus 1"]),
                                     "output_labels": np.array(["fixation", "choice 0", "choice 1"])})
@@ -225,3 +226,13 @@ def test_periods_absent_from_a_trial_are_not_labelled(act):
     for fig in (figures.trial_io(absent), figures.activity_heatmap(absent)):
         names = [t.get_text() for ax in fig.axes for t in ax.texts]
         assert "delay" not in names and {"fixation", "stimulus", "decision"} <= set(names)
+
+
+def test_produced_intervals_of_a_timing_task(act):
+    timing = act | {"produced_interval": np.array([[400.0], [650.0], [np.nan]]), "target_interval": np.array([[400.0], [500.0], [500.0]]),
+                    "outcome": np.array([[1], [0], [-2]])}
+    ax = figures.produced_intervals(timing).axes[0]
+    correct, wrong = (c.get_offsets() for c in ax.collections)
+    np.testing.assert_array_equal(correct, [[400, 400]])
+    np.testing.assert_array_equal(wrong, [[500, 650], [500, np.nan]])
+    assert "intervals" in figures.all_figures(timing) and figures.produced_intervals(act) is None

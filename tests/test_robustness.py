@@ -89,6 +89,28 @@ BAD_CONFIGS = [
     ("train.data_workers=many", "train.data_workers"),
     ("model.dale=false", "model.long_range: 'excitatory' needs dale: true (without it no neuron is excitatory); with dale: false set long_range: all and readout_from: all"),
     ("model.areas.hidden.exc_frac=0", "readout_from=excitatory but these areas have no excitatory neurons"),  # found as the masks are drawn
+    # infinite and not-a-number values pass '> 0' and would reach the eigen-decomposition
+    ("model.tau=inf", "model.tau: must be a finite number"),
+    ("model.noise.rec=inf", "model.noise.rec: must be a finite number >= 0"),
+    ("model.init.spectral_radius=inf", "model.init.spectral_radius"),
+    ("model.init.readout_scale=inf", "model.init.readout_scale"),
+    ("model.init.input_scale=-1", "model.init.input_scale: must be a finite number >= 0"),
+    ("train.lr=inf", "train.lr: must be a finite number > 0"),
+    ("train.weight_decay=inf", "train.weight_decay"),
+    ("train.reg.rate_l2=inf", "train.reg.rate_l2"),
+    ("task.decision_weight=inf", "task.decision_weight"),
+    ("task.dt=nan", "task.dt: must be a finite number > 0, got nan"),
+    ("train.optimizer=sgd train.momentum=nan", "train.momentum: must be in [0, 1), got nan"),
+    ("train.momentum=-5", "train.momentum: must be in [0, 1), got -5.0"),
+    ("model.init.balance=row", "model.init.balance"),
+    ("task.grace=-20", "task.grace"),
+    ("task.trials_per_row=0", "task.trials_per_row"),
+    ("task.decision_period=[decision,wait]", "task.decision_period: 'wait' is not a period of PerceptualDecisionMaking-v0"),
+    # sizes beyond the machine: refused before anything is built, naming the key (not the disk)
+    ("model.areas.hidden.size=30000", "model.areas: 1 network(s) of 30000 neurons need at least"),
+    ("model.areas.hidden.size=1000000000", "model.areas: 1 network(s) of 1000000000 neurons need at least"),
+    # areas
+    ("model.areas={}", "model.areas: {} adds no area"),
     # inconsistent areas
     ("model.input_areas=[V1]", "model.input_areas"),
     ("model.readout_areas=[PFC]", "model.readout_areas"),

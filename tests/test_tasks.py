@@ -198,7 +198,7 @@ def test_user_task_from_env_var(tmp_path, monkeypatch):
     assert "UserSignTaskB-v0" in available_tasks()
     assert task_spec(make_task("UserSignTaskB-v0", dt=20)).n_inputs == 1
     monkeypatch.setenv("NN4N_TASK_PATH", str(tmp_path / "missing"))
-    with pytest.raises(ValueError, match=r"^task\.dirs: '.*missing' is not a directory$"):
+    with pytest.raises(ValueError, match=r"^NN4N_TASK_PATH: '.*missing' is not a directory$"):  # the variable, not task.dirs
         available_tasks()
 
 

@@ -7,8 +7,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
-
+from .. import safe_yaml
 from ..checkpoint import load_checkpoint
 from ..config import Config
 from ..ensemble import network_seed
@@ -20,11 +19,14 @@ from ..structure import select_neurons
 from ..validate import seed as check_seed
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best", network: int = 0) -> tuple[CTRNN, Config]:
+def load_run(run_dir: str | Path, checkpoint: str = "best", network: int = 0, *,
+             trust_task_code: bool = False) -> tuple[CTRNN, Config]:
     """A network of a run, from its best checkpoint or the run's last one ('best' or 'last'),
     and the run's config (``cfg.model.seed`` set to that network's seed).
 
-    ``network`` picks one of a run's ``train.n_networks`` networks (0 for a one-network run).
+    ``network`` picks one of a run's ``train.n_networks`` networks (0 for a one-network run). The run's
+    files are read as data; a run whose task comes from Python files of its own (``task.dirs``) is refused
+    unless ``trust_task_code=True``: a run folder may come from someone else.
     """
     run_dir = Path(run_dir)
     if checkpoint not in ("best", "last"):
@@ -35,7 +37,14 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", network: int = 0) ->
             raise FileNotFoundError(f"{run_dir}: one network's results; its run is {run}: "
                                     f"pass that directory and network={run_dir.name}")
         raise FileNotFoundError(f"{run_dir}: not an nn4n-train run directory (it has no .hydra/config.yaml)")
-    cfg = resolve(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
+    raw = safe_yaml.load(run_dir / ".hydra" / "config.yaml")
+    if not isinstance(raw, dict):
+        raise ValueError(f"{run_dir / '.hydra' / 'config.yaml'}: not a run's config")
+    dirs = raw.get("task", {}).get("dirs") if isinstance(raw.get("task"), dict) else None
+    if dirs and not trust_task_code:
+        raise ValueError(f"trust_task_code: the run in {run_dir} imports task code from task.dirs={dirs}; it runs "
+                         "only with trust_task_code=True")
+    cfg = resolve(raw)
     n_networks = cfg.train.n_networks
     if not 0 <= network < n_networks:
         raise ValueError(f"network: must be in [0, {n_networks}) for the run in {run_dir}, got {network!r}")
@@ -57,6 +66,7 @@ def activity_from_run(
     timing: Mapping[str, Any] | None = None,
     params: Mapping[str, Any] | None = None,
     noise: bool = False,
+    trust_task_code: bool = False,
 ) -> dict[str, np.ndarray]:
     """Run ``n_trials`` trials through a saved network; same keys as ``activity.npz``.
 
@@ -65,13 +75,14 @@ def activity_from_run(
     and ``task.params``), to probe the trained network beyond its training: ``timing={"delay": 2000}``,
     ``params={"cohs": [0.0, 51.2]}``. ``noise=True`` adds the network's recurrent and input noise, as in
     training, for trial-to-trial variability; drawn from the same seed, it is the same on every call.
+    ``trust_task_code`` as in :func:`load_run`.
     Pass the result to :func:`nn4n.figures.all_figures` (or any single figure function).
     """
     if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
         raise ValueError(f"n_trials: must be an integer > 0, got {n_trials!r}")
     if seed is not None:
         check_seed(seed, "seed")
-    model, cfg = load_run(run_dir, checkpoint, network)
+    model, cfg = load_run(run_dir, checkpoint, network, trust_task_code=trust_task_code)
     task = dataclasses.replace(cfg.task, timing={**cfg.task.timing, **(timing or {})}, params={**cfg.task.params, **(params or {})})
     trials = held_out(dataclasses.replace(cfg, task=task), n_trials, seed)
     try:

@@ -1,0 +1,247 @@
+"""Train every shipped task preset in every shipped arch, and every NeuroGym supervised task by its id, over
+seeds; write the full table to docs/results.md and its summary into README.md. One invocation, one machine.
+
+    python scripts/results.py                       # everything (hours on a 2-core CPU); resumable
+    python scripts/results.py --only presets --archs two_area --seeds 0 1 2 3 4
+    python scripts/results.py --jobs 4 --out runs/results
+
+Each run is one ``nn4n-train`` command (listed in the table), in ``OUT/<row>/seed<k>``; a finished run (its
+``metrics.json``) is not trained again, so an interrupted invocation continues where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime
+import json
+import math
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import nn4n_configs
+from nn4n.analysis.ideal import ideal_accuracy
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = Path(nn4n_configs.__file__).parent
+PRESETS = sorted(p.stem for p in (CONFIGS / "task").glob("*.yaml"))
+ARCHS = ("single", "two_area", "three_area")
+LEARNED_ACCURACY, LEARNED_OF_IDEAL, LEARNED_R2 = 0.8, 0.9, 0.9
+# NeuroGym 2.3.1's supervised tasks, and four more, by id: what each needs beyond its id (the periods to score)
+NEUROGYM = {
+    "AnnubesEnv-v0": [],
+    "ContextDecisionMaking-v0": [],
+    "DelayComparison-v0": [],
+    "DelayMatchCategory-v0": ["task.decision_period=test"],
+    "DelayMatchSample-v0": [],
+    "DelayMatchSampleDistractor1D-v0": ["task.decision_period=[test1,test2,test3]"],
+    "DelayPairedAssociation-v0": [],
+    "DualDelayMatchSample-v0": ["task.decision_period=[test1,test2]"],
+    "GoNogo-v0": [],
+    "HierarchicalReasoning-v0": ["task.decision_period=[rule_target,decision]", "task.trials_per_row=4"],
+    "IntervalDiscrimination-v0": [],
+    "MotorTiming-v0": ["task.decision_period=production"],
+    "MultiSensoryIntegration-v0": [],
+    "OneTwoThreeGo-v0": ["task.decision_period=interval3+response"],
+    "PerceptualDecisionMaking-v0": [],
+    "PerceptualDecisionMakingDelayResponse-v0": [],
+    "ProbabilisticReasoning-v0": [],
+    "PulseDecisionMaking-v0": [],
+    "ReachingDelayResponse-v0": [],
+    "ReadySetGo-v0": ["task.decision_period=production"],
+    "ToneDetection-v0": ["task.decision_period=stimulus"],
+    "AntiReach-v0": [],
+    "PostDecisionWager-v0": [],
+    "Reaching1D-v0": ["task.decision_period=reach"],
+    "EconomicDecisionMaking-v0": [],
+}
+
+
+@dataclass
+class Row:
+    """One line of the table: a command, run once per seed."""
+
+    section: str
+    task: str
+    arch: str
+    training: str
+    overrides: list[str]
+    seeds: list[int]
+    runs: list[dict[str, Any]] = field(default_factory=list)  # per seed: metrics.json, or {"error": ...}
+
+    @property
+    def key(self) -> str:
+        return re.sub(r"[^\w.=+-]+", "_", "_".join([self.task, self.arch, self.training]))
+
+    def command(self) -> str:
+        return " ".join(["nn4n-train", *self.overrides])
+
+
+def training_preset(task: str) -> str:
+    """The training preset a task preset names (``defaults: [override /train: long]``), else ``default``."""
+    defaults = yaml.safe_load((CONFIGS / "task" / f"{task}.yaml").read_text()).get("defaults", [])
+    return next((d["override /train"] for d in defaults if isinstance(d, dict) and "override /train" in d), "default")
+
+
+def rows(args: argparse.Namespace) -> list[Row]:
+    out = []
+    if args.only in (None, "presets"):
+        for task in PRESETS:
+            for arch in args.archs:
+                seeds = args.seeds + args.extra_two_area_seeds if arch == "two_area" else args.seeds
+                out.append(Row("presets", task, arch, training_preset(task), [f"arch={arch}", f"task={task}"], seeds))
+    if args.only in (None, "neurogym"):
+        for task, extra in NEUROGYM.items():
+            out.append(Row("neurogym", task, "two_area", "long",
+                           ["arch=two_area", f"task.name={task}", "train=long", *extra], args.seeds))
+    return out
+
+
+def run(row: Row, seed: int, out: Path) -> dict[str, Any]:
+    """Train one seed of ``row`` into ``out`` (skipped when finished); its metrics, or the one-line error."""
+    run_dir = out / row.key / f"seed{seed}"
+    if not (run_dir / "metrics.json").exists():
+        cmd = [sys.executable, "-m", "nn4n", *row.overrides, f"seed={seed}", "logging=minimal", "logging.progress=lines",
+               f"hydra.run.dir={run_dir}"]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            return {"error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1].removeprefix("nn4n-train: error: ")}
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def mean_sd(values: list[float], digits: int) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "–"
+    sd = f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
+    return f"{statistics.fmean(values):.{digits}f}{sd}"
+
+
+def chance(row: Row, out: Path) -> str:
+    """1 / the number of distinct targets among the first seed's held-out responses (from its activity)."""
+    import numpy as np
+
+    path = out / row.key / f"seed{row.seeds[0]}" / "activity.npz"
+    if not path.exists():
+        return "–"
+    with np.load(path) as record:
+        if "target_choice" not in record:
+            return "–"
+        outcome, target = record["outcome"], record["target_choice"]
+        return f"{1 / len(np.unique(target[outcome != -3])):.2f}"
+
+
+def summarize(row: Row, out: Path, ideal: dict[str, float | None]) -> dict[str, str]:
+    """The table's cells for ``row``."""
+    ok = [r for r in row.runs if "error" not in r]
+    if not ok:
+        return {"result": f"not run: {row.runs[0]['error']}", "learned": "no"}
+    cells: dict[str, str] = {"n": f"{len(ok)}/{len(row.runs)}"}
+    failed = [r["error"] for r in row.runs if "error" in r]
+    if "accuracy" in ok[0]:
+        acc = [r["accuracy"] for r in ok]
+        cells["result"] = f"accuracy {mean_sd(acc, 3)}, aborts {mean_sd([r['abort_rate'] for r in ok], 3)}"
+        if "interval_error_ms" in ok[0]:
+            cells["result"] += f", interval error {mean_sd([r['interval_error_ms'] for r in ok], 0)} ms"
+        cells["chance"] = chance(row, out)
+        best = ideal.get(row.task)
+        cells["ideal"] = f"{best:.3f}" if best is not None else "–"
+        threshold = LEARNED_OF_IDEAL * best if best is not None else LEARNED_ACCURACY
+        cells["learned"] = "yes" if min(acc) >= threshold and not failed else "no"
+    elif "r2" in ok[0]:
+        cells["result"] = f"MSE {mean_sd([r['mse'] for r in ok], 4)}, R² {mean_sd([r['r2'] for r in ok], 3)}"
+        cells["learned"] = "yes" if min(r["r2"] for r in ok) >= LEARNED_R2 and not failed else "no"
+    else:
+        cells["result"] = f"loss {mean_sd([r['loss'] for r in ok], 4)} (no response period scored)"
+        cells["learned"] = "–"
+    saturated = [max((v for k, v in r.get("activity", {}).items() if k.startswith("saturated/") and k.endswith("/E")), default=math.nan)
+                 for r in ok]
+    cells["saturated"] = mean_sd(saturated, 2)
+    cells["wall"] = f"{statistics.fmean(r['wall_time_s'] for r in ok) / 60:.1f}"
+    if failed:
+        cells["result"] += f"; failed: {failed[0]}"
+    return cells
+
+
+def ideal_of(row: Row) -> float | None:
+    """The ideal observer's accuracy on the row's task, with its preset's timing and parameters."""
+    if row.section == "neurogym":
+        return ideal_accuracy(row.task)
+    preset = yaml.safe_load((CONFIGS / "task" / f"{row.task}.yaml").read_text())
+    return ideal_accuracy(preset["name"], preset.get("dt", 20.0), timing=preset.get("timing"), params=preset.get("params"))
+
+
+def cpu_model() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def table(selected: list[Row], out: Path, ideal: dict[str, float | None]) -> str:
+    header = "| task | arch | training | seeds run | held-out result (mean ± sd over seeds) | chance | ideal | learned | E saturated | wall (min) | command |"
+    lines = [header, "|" + " --- |" * (header.count("|") - 1)]
+    for row in selected:
+        c = summarize(row, out, ideal)
+        lines.append(f"| {row.task} | {row.arch} | {row.training} | {c.get('n', '0')} | {c['result']} | {c.get('chance', '–')} "
+                     f"| {c.get('ideal', '–')} | {c['learned']} | {c.get('saturated', '–')} | {c.get('wall', '–')} | `{row.command()}` |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/results"))
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once (one core each)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--extra-two-area-seeds", type=int, nargs="*", default=[3, 4],
+                        help="more seeds for the presets in two_area (the stability check)")
+    parser.add_argument("--archs", nargs="+", default=list(ARCHS))
+    parser.add_argument("--only", choices=["presets", "neurogym"])
+    parser.add_argument("--no-write", action="store_true", help="print the tables; leave docs/ and README.md as they are")
+    args = parser.parse_args()
+    selected, began = rows(args), time.perf_counter()
+    jobs = [(row, seed) for row in selected for seed in row.seeds]
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        for (row, seed), metrics in zip(jobs, pool.map(lambda job: run(job[0], job[1], args.out), jobs)):
+            row.runs.append(metrics)
+            print(f"{row.key} seed {seed}: {metrics.get('accuracy', metrics.get('r2', metrics.get('error', '')))}", flush=True)
+    ideal = {row.task: ideal_of(row) for row in selected}
+    wall = (time.perf_counter() - began) / 3600
+    when = f"{datetime.date.today().isoformat()}, {cpu_model()} ({platform.machine()}), {args.jobs} runs at once, {wall:.1f} h in all"
+    presets = table([r for r in selected if r.section == "presets"], args.out, ideal)
+    neurogym = table([r for r in selected if r.section == "neurogym"], args.out, ideal)
+    print(presets, neurogym, when, sep="\n\n")
+    if not args.no_write:
+        write(presets, neurogym, when, selected, args)
+
+
+def write(presets: str, neurogym: str, when: str, selected: list[Row], args: argparse.Namespace) -> None:
+    """docs/results.md's generated part, and the README's summary between its result markers."""
+    docs = ROOT / "docs" / "results.md"
+    generated = (f"Measured {when}: `python scripts/results.py`.\n\n## Every task preset in every arch\n\n{presets}\n\n"
+                 f"## Every NeuroGym supervised task, by its id\n\n{neurogym}\n")
+    text = docs.read_text()
+    begin, end = "<!-- generated by scripts/results.py -->", "<!-- end of generated part -->"
+    docs.write_text(text.split(begin)[0] + f"{begin}\n{generated}{end}" + text.split(end)[1])
+    readme = ROOT / "README.md"
+    two_area = [r for r in selected if r.section == "presets" and r.arch == "two_area"]
+    summary = table(two_area, args.out, {}).splitlines()
+    keep = [0, 2, 3, 4, 7, 9]  # task, training, seeds, result, learned, wall
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in summary]
+    short = ["| " + " | ".join(cells[i][k] for k in keep) + " |" for i in range(len(cells))]
+    short[1] = "| " + " | ".join("---" for _ in keep) + " |"
+    text = readme.read_text()
+    begin, end = "<!-- results summary: scripts/results.py -->", "<!-- end of results summary -->"
+    readme.write_text(text.split(begin)[0] + f"{begin}\n" + "\n".join(short) + f"\n\n{when}.\n{end}" + text.split(end)[1])
+
+
+if __name__ == "__main__":
+    main()

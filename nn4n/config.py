@@ -38,7 +38,7 @@ class TaskConfig:
     params: dict[str, Any] = field(default_factory=dict)
     decision_period: Any = "decision"  # the response period, a list of them (each scored), or null
     decision_weight: float = 5.0
-    grace: float = 0.0  # ms at the start and after the end of each response period left out of the loss: time to react
+    grace: float = 100.0  # ms at the start and after the end of each response window (at most half of it) left out of the loss: time to react
     trials_per_row: int = 1  # consecutive trials per batch row, the state carried across (block rules, history)
     dirs: list[str] = field(default_factory=list)
 
@@ -129,6 +129,53 @@ class Config:
                        f"unknown area {area!r}; areas: {', '.join(self.model.areas)}")
 
 
+@dataclass
+class FixedPointsSettings:
+    """``nn4n-analyze analysis=fixed_points``: see :mod:`nn4n.analysis.fixed_points`."""
+
+    name: str = "fixed_points"
+    inputs: list[Any] = field(default_factory=lambda: ["fixation"])  # zero, a period, period[key=value], a vector
+    n_starts: int = 1024
+    start_noise: float = 0.0
+    n_trials: int = 256
+    q_tol: float = 1e-20
+    merge_tol: float = 1e-6
+    kink_tol: float = 1e-6
+    max_iter: int = 200
+    n_modes: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(len(self.inputs) > 0, "analysis.inputs", "give at least one input (zero, a period, period[key=value] or a vector)")
+        for key in ("n_starts", "n_trials", "max_iter"):
+            integer(getattr(self, key), f"analysis.{key}")
+        for key in ("q_tol", "merge_tol", "kink_tol"):
+            positive(getattr(self, key), f"analysis.{key}")
+        non_negative(self.start_noise, "analysis.start_noise")
+        check(self.n_modes >= 0, "analysis.n_modes", f"must be >= 0, got {self.n_modes}")
+        seed(self.seed, "analysis.seed")
+
+
+ANALYSES: dict[str, type] = {"fixed_points": FixedPointsSettings}  # analysis=<name>: its settings' schema
+
+
+@dataclass
+class AnalyzeConfig:
+    """``nn4n-analyze``: which run (or sweep of runs), which analysis, where the results go."""
+
+    run: str = MISSING
+    analysis: Any = MISSING  # one of ANALYSES, chosen with analysis=<name>
+    out: str | None = None  # results under this folder instead of the run's own
+    network: int | None = None  # one network of a K-network run (None: every one)
+    checkpoint: str = "best"
+    device: str = "auto"
+    trust_task_code: bool = False  # import the run's task.dirs (Python files from the run's config)
+
+    def __post_init__(self) -> None:
+        choice(self.checkpoint, ("best", "last"), "checkpoint")
+        check(self.network is None or self.network >= 0, "network", f"must be >= 0, got {self.network!r}")
+
+
 def _add_whole(area: str) -> str:
     return f"to add an area, merge it in whole: '++model.areas={{{area}:{{size:64}}}}'"
 
@@ -169,7 +216,11 @@ def register_schema() -> None:
     exists, so any of them can be overridden from the command line without ``+``. Also the resolvers
     configs/ use: ``${nn4n.task:n_inputs,${task}}`` (the model's sizes are the task's) and
     ``${nn4n.direction:${train.objective},${task}}`` (the Optuna preset's direction)."""
-    ConfigStore.instance().store(name="nn4n_schema", node=Config)
+    store = ConfigStore.instance()
+    store.store(name="nn4n_schema", node=Config)
+    store.store(name="nn4n_analyze_schema", node=AnalyzeConfig)
+    for name, schema in ANALYSES.items():
+        store.store(group="analysis", name=f"{name}_schema", node=schema)
     OmegaConf.register_new_resolver("nn4n.task", lambda field, task: getattr(_task(task).spec(), field), replace=True)
     OmegaConf.register_new_resolver("nn4n.direction", _direction, replace=True)
 

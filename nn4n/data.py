@@ -171,7 +171,7 @@ class TrialSampler:
         names = list(dict.fromkeys(p for row in rows for _, _, _, periods in row for p in periods))
         epochs = {p: np.zeros((n_batch, n_trials, 2), dtype=np.int64) for p in names}
         window = np.zeros((n_batch, n_steps), dtype=np.int16)
-        graced = np.zeros((n_batch, n_steps), dtype=bool)  # grace ms from the start and from the end of each response period
+        graced = np.zeros((n_batch, n_steps), dtype=bool)  # grace ms (at most half the window) at the start and after the end of each response window
         n_periods, grace_steps = len(spec.decision_periods), int(round(self.grace / self.dt))
         for b, row in enumerate(rows):
             offset = 0
@@ -186,8 +186,13 @@ class TrialSampler:
                     if first in periods and last in periods:
                         start, end = offset + periods[first][0], offset + periods[last][1]
                         window[b, start:end] = j * n_periods + k + 1
-                        graced[b, start:min(start + grace_steps, end)] = True
-                        graced[b, end:end + grace_steps] = True
+                        react = min(grace_steps, (end - start) // 2)  # never more than half the window
+                        graced[b, start:start + react] = True
+                        graced[b, end:end + react] = True
+                        if spec.prod_margin is not None:  # timing: go at the target moment and hold it
+                            go = np.flatnonzero(targets[b, start:end] != spec.fixation)
+                            if go.size:
+                                targets[b, start + go[0]:end] = targets[b, start + go[0]]
                 offset += len(ob)
         mask = (np.arange(n_steps) < lengths[:, None]).astype(np.float32)
         mask[window > 0] = self.decision_weight

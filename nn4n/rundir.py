@@ -78,10 +78,10 @@ def restore_hydra_record(run_dir: Path) -> None:
     """Put back the ``.hydra`` files of the run in ``run_dir``, as its last checkpoint carries them:
     Hydra writes every command's config there first, also that of a command which then fails. Only
     Hydra's own file names are written, and only into ``run_dir/.hydra``."""
-    from .checkpoint import load_checkpoint  # torch: not needed by nn4n-sweep-summary
-
     last = last_checkpoint(run_dir)
     if last.exists():
+        from .checkpoint import load_checkpoint  # torch: only where there is a checkpoint to read
+
         try:
             record = check_hydra_record(load_checkpoint(last).get("hydra", {}), last)
         except ValueError:  # a checkpoint refused as unsafe, or a tampered record: that error is the one reported

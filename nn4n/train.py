@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import random
 import signal
 import sys
@@ -36,8 +37,8 @@ from .metrics import scoring, task_loss
 from .monitor import Monitor
 from .recurrence.rates import RATES
 from .regularizers import regularization
-from .rundir import (ACTIVITY_FILE, METRICS_FILE, check_disk_space, check_resumable, flatten, hydra_record,
-                     last_checkpoint, network_dir, summarize_networks, write_metrics)
+from .rundir import (ACTIVITY_FILE, METRICS_FILE, check_disk_space, check_hydra_record, check_resumable, flatten,
+                     hydra_record, last_checkpoint, network_dir, summarize_networks, write_metrics)
 
 log = logging.getLogger("nn4n")
 DIVERGED = 1e4  # a loss this many times its first value (in this process) stops the run as diverged
@@ -181,6 +182,7 @@ class Trainer:
         """Load ``checkpoints/last.pt``; return the training time it had already taken."""
         try:
             state = load_checkpoint(self.last_path, self.device)
+            check_hydra_record(state.get("hydra", {}), self.last_path)
         except ValueError as err:
             raise TrainingError(str(err)) from None
         check_resumable(state, self.flat_config, self.run_dir)
@@ -210,6 +212,9 @@ class Trainer:
                  self.spec.kind.value, len(self.networks), self.device, self.ensemble.engine, self.loader_workers)
         log.info("scored by %s", scoring(self.spec))
         log.info("writing to %s (to watch: tensorboard --logdir %s)", self.run_dir, self.run_dir)
+        if "SLURM_JOB_ID" in os.environ:  # scancel, scontrol and sacct know the job by this id
+            array = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+            log.info("SLURM job %s", "_".join(array) if all(array) else os.environ["SLURM_JOB_ID"])
         stream: Iterator = batch_stream(self.train_data, self.start, self.loader_workers,
                                         pin_memory=self.device.type == "cuda")
         self.progress = _progress(cfg, self.start)
@@ -362,6 +367,7 @@ class Trainer:
                 write_metrics(self.dirs[i], metrics)
             per_network.append(metrics)
         summary = per_network[0] if n_networks == 1 else summarize_networks(per_network)
+        summary["objective"] = self.objective.metric  # what a sweep's launcher returns for a finished job
         write_metrics(self.run_dir, summary)
         log.info("done: %s", "  ".join(f"{k} {v}" for k, v in summary.items() if k not in ("networks", "activity", "scored")))
         log.info("objective (train.objective): %s %.4g, to %s", self.objective.metric, self.objective.value(summary),

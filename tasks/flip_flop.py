@@ -13,12 +13,15 @@ class FlipFlop(TrialEnv):
     Each of `n_bits` input channels receives sparse one-step pulses of +1 or -1 (each step,
     each channel, with probability pulse_rate * dt / 1000). The target of each channel is
     the sign of its last pulse, the pulse on the current step included; 0 before its first pulse.
+    With `initial="random"` every channel gets a pulse of random sign at the first step, so every bit
+    holds +1 or -1 from the start (the memory states are then only the 2**n_bits sign patterns).
 
     Args:
         dt: time step in ms.
         timing: period durations in ms (`stimulus`), NeuroGym timing syntax.
         n_bits: number of channels.
         pulse_rate: pulses per second on each channel.
+        initial: "zero" (each bit is 0 until its first pulse) or "random" (a pulse on every channel first).
     """
 
     metadata = {  # noqa: RUF012
@@ -35,9 +38,12 @@ class FlipFlop(TrialEnv):
         timing: dict[str, Any] | None = None,
         n_bits: int = 3,
         pulse_rate: float = 2.5,
+        initial: str = "zero",
     ) -> None:
         super().__init__(dt=dt)
-        self.n_bits = n_bits
+        if initial not in ("zero", "random"):
+            raise ValueError(f"initial: must be 'zero' or 'random', got {initial!r}")
+        self.n_bits, self.initial = n_bits, initial
         self.pulse_prob = pulse_rate * dt / 1000
         self.timing = {"stimulus": 2000}
         if timing:
@@ -50,6 +56,8 @@ class FlipFlop(TrialEnv):
         self.add_period("stimulus")
         n = self.end_ind["stimulus"] - self.start_ind["stimulus"]
         pulsed = self.rng.rand(n, self.n_bits) < self.pulse_prob
+        if self.initial == "random":
+            pulsed[0] = True
         pulses = np.where(pulsed, self.rng.choice([-1.0, 1.0], size=(n, self.n_bits)), 0.0)
         # Index of each channel's last pulse up to each step (-1 before the first one).
         last = np.maximum.accumulate(np.where(pulsed, np.arange(n)[:, None], -1), axis=0)

@@ -614,6 +614,11 @@ def test_load_says_what_another_nn4n_file_is(tmp_path):
         CTRNN.load(checkpoint)
     with pytest.raises(ValueError, match=r"best.pt: not an nn4n training checkpoint; it is an nn4n model file, which CTRNN.load reads$"):
         load_checkpoint(model_file)
+    older = tmp_path / "older.pt"
+    torch.save({"format": "nn4n.checkpoint/1", "step": 1}, older)
+    with pytest.raises(ValueError, match=r"older.pt: not an nn4n training checkpoint this version reads: its format is "
+                                         r"nn4n.checkpoint/1, this nn4n reads nn4n.checkpoint/2 \(written by another nn4n version\)$"):
+        load_checkpoint(older)
     with pytest.raises(FileNotFoundError):
         CTRNN.load(tmp_path / "missing.pt")
     with pytest.raises(IsADirectoryError):

@@ -293,7 +293,7 @@ def test_local_launcher_presets(monkeypatch: pytest.MonkeyPatch) -> None:
     params = compose_hydra(["hydra/launcher=local_parallel"])
     assert params["n_jobs"] == 3 and params["_target_"].endswith("JoblibLauncher")
     local = compose_hydra(["hydra/launcher=submitit_local"])
-    assert local["_target_"].endswith("submitit_launcher.LocalLauncher") and local["timeout_min"] == 60
+    assert local["_target_"] == "hydra_plugins.nn4n_launchers.LocalLauncher" and local["timeout_min"] == 60
 
 
 # ----------------------------------------------------------------------------- summary, synthetic

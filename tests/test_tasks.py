@@ -262,3 +262,12 @@ def test_flip_flop_targets_hold_last_pulse_sign():
         state = np.where(inputs[:, t] != 0, inputs[:, t], state)
         np.testing.assert_array_equal(targets[:, t], state)
     np.testing.assert_array_equal(batch.conditions["n_pulses"], (inputs != 0).sum(axis=(1, 2)))
+
+
+def test_flip_flop_can_start_every_bit_at_a_random_sign():
+    batch = TrialSampler("FlipFlop-v0", dt=20, batch_size=64, seed=0, params={"initial": "random"}).batch(0)
+    first = batch.inputs[:, 0].numpy()
+    assert set(np.unique(first)) == {-1.0, 1.0}  # every channel pulsed at once, either sign
+    assert (batch.targets.numpy() != 0).all()  # never 0: only the 8 sign patterns are memory states
+    with pytest.raises(ValueError, match="initial: must be 'zero' or 'random'"):
+        TrialSampler("FlipFlop-v0", dt=20, batch_size=1, seed=0, params={"initial": "never"}).batch(0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -185,3 +186,136 @@ def test_a_tampered_checkpoint_cannot_name_a_file_to_write(tmp_path: Path) -> No
         rundir.check_hydra_record({"../../MARKER2": "x"}, run)
     with pytest.raises(ValueError, match=r"its hydra record's config.yaml is not a text of at most"):
         rundir.check_hydra_record({"config.yaml": "x" * (rundir.MAX_RECORD_CHARS + 1)}, run)
+
+
+# ----------------------------------------------------------------------------- a run that cannot go on
+def small_trainer(tmp_path: Path):
+    from hydra import compose, initialize_config_module
+
+    from nn4n.config import register_schema
+    from nn4n.experiment import resolve
+    from nn4n.train import Trainer
+
+    register_schema()
+    with initialize_config_module("nn4n_configs", version_base="1.3"):
+        return Trainer(resolve(compose("config", ["debug=fast"])), tmp_path / "run")
+
+
+def test_an_exploding_loss_stops_the_run_even_when_finite(tmp_path: Path) -> None:
+    """The documented rule: a loss over DIVERGED times the first one this process saw is a divergence (lr=1e30
+    gave 4e30, finite, and ran to its end)."""
+    import torch
+
+    from nn4n.errors import TrainingError
+    from nn4n.train import DIVERGED
+
+    trainer = small_trainer(tmp_path)
+    trainer.unchecked = (1, torch.tensor([[0.7], [1.0]]), None)
+    trainer._check_finite()  # the first loss: the reference
+    trainer.unchecked = (2, torch.tensor([[0.7 * DIVERGED / 2], [1.0]]), None)
+    trainer._check_finite()  # large, not yet diverged
+    trainer.unchecked = (3, torch.tensor([[4e30], [1.0]]), None)
+    with pytest.raises(TrainingError, match=r"^step 3: loss 4e\+30 is over 10000 times its first value 0.7: the run "
+                                            r"diverged \(a lower train.lr\?\); nothing saved after it \(no checkpoint was written before it\)$"):
+        trainer._check_finite()
+    trainer.unchecked = (4, torch.tensor([[float("nan")], [float("nan")]]), None)
+    with pytest.raises(TrainingError, match=r"is not finite; its update was skipped and nothing saved after it \(no checkpoint was written before it\)$"):
+        trainer._check_finite()
+
+
+def test_a_full_disk_mid_run_is_one_line_and_keeps_the_last_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    import errno
+
+    from nn4n import files
+    from nn4n.checkpoint import load_checkpoint
+
+    writes = []
+
+    def fsync(fd: int) -> None:
+        writes.append(fd)
+        if len(writes) > 2:  # the first checkpoints fit; then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    code = nn4n_train_in_process(["debug=fast", "train.checkpoint_every=5", "hydra.run.dir=run"], monkeypatch, tmp_path)
+    err = capsys.readouterr().err.strip()
+    assert code == 3 and len(err.splitlines()) == 1, err
+    assert "No space left on device; its last checkpoint" in err and "is kept" in err
+    assert not list((tmp_path / "run").rglob("*.tmp"))  # no half-written file left
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] in (5, 10)
+
+
+@pytest.mark.slow
+def test_two_writers_in_one_run_folder(tmp_path: Path) -> None:
+    """The second command into a run folder in use is refused, naming the writer, and leaves its files alone;
+    once the writer is killed (its lock left behind), the run resumes."""
+    train = [sys.executable, "-m", "nn4n", "debug=fast", "logging=minimal", "train.steps=400", "train.checkpoint_every=10"]
+    first = subprocess.Popen([*train, "hydra.run.dir=run"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path / "run" / "nn4n.log"
+    deadline = time.time() + 300
+    while "step 30/" not in (log.read_text() if log.exists() else ""):
+        assert first.poll() is None and time.time() < deadline
+        time.sleep(0.1)
+    record = {p.name: p.read_text() for p in (tmp_path / "run" / ".hydra").iterdir()}
+    for second in ([*train, "hydra.run.dir=run"], [sys.executable, "-m", "nn4n", "resume=run"], [*train, "seed=5", "hydra.run.dir=run"]):
+        done = subprocess.run(second, cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert f"run is in use: training by PID {first.pid} on {socket.gethostname()} since " in done.stderr
+    assert {p.name: p.read_text() for p in (tmp_path / "run" / ".hydra").iterdir()} == record
+    first.kill()
+    first.wait()
+    assert (tmp_path / "run" / LOCK_FILE).exists()  # left by the killed writer: stale, its PID gone
+    resumed = subprocess.run([sys.executable, "-m", "nn4n", "resume=run"], cwd=tmp_path, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from step" in log.read_text() and (tmp_path / "run" / "metrics.json").exists()
+    assert not (tmp_path / "run" / LOCK_FILE).exists()
+
+
+@pytest.mark.slow
+def test_the_tampered_checkpoint_of_the_report_writes_nothing_outside_the_run(tmp_path: Path) -> None:
+    """The reported attack: a checkpoint's hydra record naming a file outside the run, its config changed so that
+    the command fails and the record is put back. Nothing is written outside the run folder."""
+    import torch
+
+    run = subprocess.run([sys.executable, "-m", "nn4n", "debug=fast", "logging=minimal", "hydra.run.dir=run"],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    marker = tmp_path / "elsewhere" / "MARKER"
+    state["hydra"][str(marker)] = "x"
+    state["hydra"]["../MARKER2"] = "x"
+    state["config"]["seed"] = 12345
+    torch.save(state, last)
+    resumed = subprocess.run([sys.executable, "-m", "nn4n", "resume=run"], cwd=tmp_path, capture_output=True, text=True)
+    assert resumed.returncode == 3 and "its hydra record names" in resumed.stderr and "Traceback" not in resumed.stderr
+    assert not marker.exists() and not (tmp_path / "MARKER2").exists() and not (tmp_path / "run" / "MARKER2").exists()
+
+
+def test_help_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
+    """``nn4n-train --help | head -1``: the reader goes away; no BrokenPipeError traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "nn4n", "--help"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 0 and proc.stderr.read() == b""
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_start_up_is_one_line_and_leaves_no_run_folder(tmp_path: Path) -> None:
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "slow.py").write_text(
+        "import time\nimport numpy as np\nfrom neurogym.core import TrialEnv\nfrom neurogym.utils import spaces\n\n"
+        "class SlowStart(TrialEnv):\n    def __init__(self, dt=20, timing=None):\n        super().__init__(dt=dt)\n"
+        "        time.sleep(30)\n")
+    proc = subprocess.Popen([sys.executable, "-m", "nn4n", "task.name=SlowStart-v0", f"task.dirs=[{tmp_path / 'tasks'}]",
+                             "hydra.run.dir=runs/started"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "runs" / "started" / ".hydra").exists():  # Hydra has made the run's folder
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.1)
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err.strip().splitlines() == ["nn4n-train: interrupted (Ctrl-C) before training; nothing was trained"], err[-3000:]
+    assert not (tmp_path / "runs").exists()

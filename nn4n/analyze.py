@@ -1,0 +1,94 @@
+"""``nn4n-analyze``: one analysis of every network of a finished run (or sweep), its results written beside the
+network's own files (``analysis/<name>/``) and its figures into the network's TensorBoard."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from .command import check_config_dir, config_dirs, fail, flags_first, run
+from .config import ANALYSES, AnalyzeConfig, register_schema, to_config
+from .errors import ConfigError
+
+log = logging.getLogger("nn4n")
+register_schema()
+
+
+def _settings(cfg: DictConfig) -> tuple[AnalyzeConfig, Any]:
+    """The command's checked config and its analysis' settings (schemas in nn4n/config.py)."""
+    analysis = cfg.get("analysis")
+    name = analysis.get("name") if isinstance(analysis, DictConfig) else None
+    if name not in ANALYSES:
+        raise ConfigError(f"analysis: {name!r} is not an analysis; analyses: {', '.join(ANALYSES)}")
+    settings = to_config(OmegaConf.merge(OmegaConf.structured(ANALYSES[name]), analysis))
+    config = to_config(OmegaConf.merge(OmegaConf.structured(AnalyzeConfig), {**cfg, "analysis": {}}))
+    return config, settings
+
+
+def _fixed_points(target: Any, config: AnalyzeConfig, settings: Any, folder: Path) -> str:
+    """Run the fixed-point analysis on one network and write its results; its headline."""
+    from .analysis import fixed_points as fp
+    from .analysis.results import write_arrays, write_figures, write_json, write_table
+
+    found = fp.of_run(target.run, target.network, config.checkpoint, inputs=settings.inputs, n_starts=settings.n_starts,
+                      start_noise=settings.start_noise, n_trials=settings.n_trials, seed=settings.seed,
+                      trust_task_code=config.trust_task_code, progress=sys.stderr.isatty(), q_tol=settings.q_tol,
+                      merge_tol=settings.merge_tol, kink_tol=settings.kink_tol, max_iter=settings.max_iter,
+                      n_modes=settings.n_modes, device=config.device)
+    points = found.points
+    folder.mkdir(parents=True, exist_ok=True)
+    write_arrays(folder / "fixed_points.npz", points.arrays())
+    write_table(folder / "fixed_points.csv", *fp.table(points))
+    counts = points.counts()
+    write_json(folder / "summary.json", counts)
+    write_figures(target, settings.name, found.figures())
+    return (f"{counts['fixed_points']} fixed points ({counts['stable']} stable, {counts['saddles']} saddles), "
+            f"{counts['slow_points']} slow points")
+
+
+ANALYZE = {"fixed_points": _fixed_points}
+
+
+@hydra.main(version_base="1.3", config_path="pkg://nn4n_configs", config_name="analyze")
+def _main(cfg: DictConfig) -> None:
+    try:
+        config, settings = _settings(cfg)
+        from .analysis.results import targets
+        from .rundir import LOCK_FILE, lock_message, read_lock, stale
+
+        found = targets(Path(config.run), config.network, Path(config.out) if config.out else None)
+        for target in found:
+            holder = read_lock(target.run / LOCK_FILE)
+            if holder is not None and not stale(holder):
+                raise ConfigError(f"run: {lock_message(target.run, holder)}")
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        fail("nn4n-analyze", err if isinstance(err, ConfigError) else ConfigError(str(err)))
+    sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
+    job = str(HydraConfig.get().job.num) if sweeping else None
+    for target in found:
+        folder = target.results(settings.name, job)
+        try:
+            headline = ANALYZE[settings.name](target, config, settings, folder)
+        except ValueError as err:  # bad input found once the run is loaded (an unknown period, say)
+            fail("nn4n-analyze", ConfigError(str(err).splitlines()[0]))
+        from .analysis.results import write_config
+
+        write_config(folder / "config.yaml", OmegaConf.to_container(cfg, resolve=True))
+        log.info("%s: %s -> %s", target.home, headline, folder)
+
+
+def main() -> None:
+    """``nn4n-analyze``: every error one line on stderr and a non-zero exit (2: bad input)."""
+    def body() -> None:
+        sys.argv[1:] = flags_first(sys.argv[1:])
+        for folder in config_dirs(sys.argv[1:]):
+            check_config_dir(folder)
+        _main()
+
+    run("nn4n-analyze", body, "results of the networks analysed so far are written, the rest not")

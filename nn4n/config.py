@@ -63,6 +63,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     momentum: float = 0.9
     schedule: str = "none"
+    warmup: int = 0  # steps of linear learning-rate warmup
     steps: int = 2000
     batch_size: int = 64
     grad_clip: float = 1.0
@@ -92,6 +93,7 @@ class TrainConfig:
         for key in ("steps", "batch_size", "eval_every", "eval_trials", "checkpoint_every", "threads", "n_networks"):
             integer(getattr(self, key), f"train.{key}")
         non_negative(self.weight_decay, "train.weight_decay")
+        check(isinstance(self.warmup, int) and self.warmup >= 0, "train.warmup", f"must be an integer >= 0, got {self.warmup!r}")
         non_negative(self.grad_clip, "train.grad_clip", "0 = off")
         check(self.data_workers == "auto" or self.data_workers.isdigit(), "train.data_workers",
               f"must be auto or a number >= 0, got {self.data_workers!r}")

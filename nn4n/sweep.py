@@ -143,8 +143,10 @@ def load_job(job_dir: Path, root: Path) -> Job:
             metrics = {k: v for k, v in json.loads(metrics_file.read_text()).items() if isinstance(v, (int, float))}
         except (ValueError, AttributeError):
             error = error or f"{METRICS_FILE} is unreadable"
+    finished = bool(metrics)
+    metrics |= analysis_headlines(job_dir)
     holder = read_lock(job_dir / LOCK_FILE)
-    if metrics:
+    if finished:
         status = "finished"
     elif holder is not None and not stale(holder):
         status, error = "running", f"running: PID {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}"
@@ -152,9 +154,21 @@ def load_job(job_dir: Path, root: Path) -> Job:
         status, error = "requeued", (job_dir / REQUEUED_FILE).read_text().strip()
     else:
         status = "failed" if error_file.exists() else "missing metrics"
-    if metrics and error:  # refused before training (e.g. another config): the directory keeps its run and record
+    if finished and error:  # refused before training (e.g. another config): the directory keeps its run and record
         error = f"finished; a later attempt failed: {error}"
     return Job(job_dir, name, overrides, status, metrics, error)
+
+
+def analysis_headlines(job_dir: Path) -> dict[str, float]:
+    """The headline numbers of the job's analyses (``analysis/<name>/summary.json``) as ``<name>.<key>``."""
+    out: dict[str, float] = {}
+    for path in sorted((job_dir / "analysis").glob("*/summary.json")):
+        try:
+            values = json.loads(path.read_text())
+        except ValueError:
+            continue
+        out |= {f"{path.parent.name}.{k}": v for k, v in values.items() if isinstance(v, (int, float))}
+    return out
 
 
 def find_jobs(root: Path) -> list[Job]:

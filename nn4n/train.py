@@ -94,13 +94,21 @@ def _optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
     return cls(model.parameters(), t.lr, weight_decay=t.weight_decay, fused=True)
 
 
+def lr_factor(step: int, schedule: str, steps: int, warmup: int) -> float:
+    """The learning rate at optimizer step ``step`` (0-based) as a fraction of ``train.lr``: a linear warmup over
+    the first ``warmup`` steps (Adam's first steps otherwise raise every excitatory weight at once), times the
+    schedule: ``none``, ``cosine`` (to 0 at ``steps``) or ``step`` (x0.1 every third of ``steps``)."""
+    factor = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    if schedule == "cosine":
+        factor *= 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
+    elif schedule == "step":
+        factor *= 0.1 ** (step // max(1, steps // 3))
+    return factor
+
+
 def _schedule(cfg: Config, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
     t = cfg.train
-    if t.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, t.steps)
-    if t.schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, max(1, t.steps // 3), gamma=0.1)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, t.schedule, t.steps, t.warmup))
 
 
 def _to_host(values: torch.Tensor) -> tuple[torch.Tensor, torch.Event | None]:

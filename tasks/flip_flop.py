@@ -22,6 +22,8 @@ class FlipFlop(TrialEnv):
         n_bits: number of channels.
         pulse_rate: pulses per second on each channel.
         initial: "zero" (each bit is 0 until its first pulse) or "random" (a pulse on every channel first).
+        latency: ms the targets lag the pulses (0: a bit flips on its pulse's own step, faster than any
+            network of tau ~100 ms can; a few tens of ms give it time to respond).
     """
 
     metadata = {  # noqa: RUF012
@@ -39,11 +41,12 @@ class FlipFlop(TrialEnv):
         n_bits: int = 3,
         pulse_rate: float = 2.5,
         initial: str = "zero",
+        latency: float = 0.0,
     ) -> None:
         super().__init__(dt=dt)
         if initial not in ("zero", "random"):
             raise ValueError(f"initial: must be 'zero' or 'random', got {initial!r}")
-        self.n_bits, self.initial = n_bits, initial
+        self.n_bits, self.initial, self.lag = n_bits, initial, int(round(latency / dt))
         self.pulse_prob = pulse_rate * dt / 1000
         self.timing = {"stimulus": 2000}
         if timing:
@@ -62,6 +65,8 @@ class FlipFlop(TrialEnv):
         # Index of each channel's last pulse up to each step (-1 before the first one).
         last = np.maximum.accumulate(np.where(pulsed, np.arange(n)[:, None], -1), axis=0)
         held = np.where(last >= 0, pulses[np.maximum(last, 0), np.arange(self.n_bits)], 0.0)
+        if self.lag:  # the target follows the pulses after the latency
+            held = np.concatenate([np.repeat(held[:1] * 0, min(self.lag, n), 0), held[: n - self.lag]])
         self.add_ob(pulses, "stimulus")
         self.set_groundtruth(held, "stimulus")
         return {"n_pulses": int(pulsed.sum()), **kwargs}

@@ -111,7 +111,7 @@ def resolve_config(overrides: list[str]):
 def test_one_network_never_feels_another(tmp_path: Path) -> None:
     """Network 0 of a two-network run takes exactly the step it takes alone: own gradient clipping
     (SGD, so a shared clip would shrink its step), own trials, own noise."""
-    overrides = ["train.optimizer=sgd", "train.grad_clip=0.01", "train.lr=0.5"]
+    overrides = ["train.optimizer=sgd", "train.grad_clip=0.01", "train.lr=0.5", "train.warmup=0"]
     nets = []
     for n_networks in (1, 2):
         trainer = Trainer(resolve_config([*overrides, f"train.n_networks={n_networks}"]), tmp_path / str(n_networks))
@@ -249,3 +249,13 @@ def test_nn4n_train_resumes_every_network(ensemble_run: Path) -> None:
     assert "resuming from step 20" in (ensemble_run / "nn4n.log").read_text()
     after = json.loads((ensemble_run / "metrics.json").read_text())
     assert [m["loss"] for m in after["networks"]] == [m["loss"] for m in before["networks"]]
+
+
+def test_learning_rate_warms_up_then_follows_its_schedule() -> None:
+    from nn4n.train import lr_factor
+
+    assert [lr_factor(s, "none", 1000, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert lr_factor(0, "none", 1000, 0) == 1.0
+    assert lr_factor(500, "cosine", 1000, 100) == pytest.approx(0.5) and lr_factor(1000, "cosine", 1000, 100) == pytest.approx(0.0)
+    assert lr_factor(50, "cosine", 1000, 100) == pytest.approx(0.51 * 0.5 * (1 + np.cos(np.pi * 0.05)))
+    assert [lr_factor(s, "step", 900, 0) for s in (0, 299, 300, 600)] == pytest.approx([1, 1, 0.1, 0.01])

@@ -1,6 +1,12 @@
 """Fixed points against answers known exactly: a contraction's one root, a bistable pair, roots scipy finds."""
 from __future__ import annotations
 
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.optimize
@@ -95,3 +101,62 @@ def test_bad_arguments_are_named() -> None:
         find_fixed_points(net, {"u": [0.0, 1.0]}, np.zeros((1, 2)))
     with pytest.raises(ValueError, match=r"starts: must be \(starts, 2\) states"):
         find_fixed_points(net, {"u": [0.0]}, np.zeros((1, 3)))
+
+
+# ----------------------------------------------------------------------------- on networks nn4n-train trained
+FLIP_FLOP = ["task=flip_flop", "+task.params.initial=random", "+task.timing.stimulus=1000", "model.areas.hidden.size=64",
+             "train.steps=1000", "logging=minimal"]
+
+
+@pytest.fixture(scope="module")
+def flip_flop_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 64-unit E/I network trained on the 3-bit flip-flop, every bit starting at a random sign."""
+    cwd = tmp_path_factory.mktemp("ff")
+    run = subprocess.run([sys.executable, "-m", "nn4n", *FLIP_FLOP, "hydra.run.dir=run"], cwd=cwd, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    return cwd / "run"
+
+
+def nn4n_analyze(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "from nn4n.analyze import main; main()", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_a_flip_flop_network_has_eight_memories_and_saddles_between(flip_flop_run: Path) -> None:
+    """Sussillo & Barak 2013: at zero input, one stable point per memory state (each bit's readout at its +/-1
+    level), and saddles between them (one unstable direction: between two states that differ in one bit)."""
+    done = nn4n_analyze("analysis=fixed_points", f"run={flip_flop_run}", "analysis.inputs=[zero]", "analysis.n_starts=512",
+                        cwd=flip_flop_run.parent)
+    assert done.returncode == 0, done.stderr
+    assert "fixed points (8 stable," in done.stdout + done.stderr
+    folder = flip_flop_run / "analysis" / "fixed_points"
+    points = np.load(folder / "fixed_points.npz")
+    stable = points["readout"][points["stability"] == "stable"]
+    assert len(stable) == 8
+    assert sorted(map(tuple, np.sign(stable).astype(int))) == sorted(itertools.product((-1, 1), repeat=3))
+    assert np.abs(np.abs(stable) - 1).max() < 0.35  # each bit near its level
+    one_unstable = points["readout"][points["converged"] & (points["n_unstable"] == 1)]
+    apart = np.abs(one_unstable[:, None] - stable[None]).max(-1).min(1)  # to the nearest memory's readout
+    assert len(one_unstable) >= 3 and (apart > 0.25).all()  # saddles between memories, at none of them
+    assert (points["q"][points["converged"]] <= 1e-20).all()
+    assert json.loads((folder / "summary.json").read_text())["stable"] == 8
+    assert (folder / "fixed_points.csv").read_text().count("\n") == len(points["q"]) + 1
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    images = EventAccumulator(str(flip_flop_run / "tensorboard"), size_guidance={"images": 0}).Reload().Tags()["images"]
+    assert {"analysis/fixed_points/pca", "analysis/fixed_points/spectrum", "analysis/fixed_points/slow_modes"} <= set(images)
+
+
+@pytest.mark.slow
+def test_the_analysis_command_names_bad_input_in_one_line(flip_flop_run: Path, tmp_path: Path) -> None:
+    for args, message in ((["analysis.inputs=[fixation]"], "analysis.inputs: 'fixation' is not a period of the task (periods: stimulus)"),
+                          (["analysis.q_tol=0"], "analysis.q_tol: must be a finite number > 0"),
+                          (["analysis.n_starts=-1"], "analysis.n_starts"),
+                          (["analysis.unknown=1"], "analysis.unknown"),
+                          (["run=nowhere"], "run: nowhere is not a directory"),
+                          ([f"run={tmp_path}"], "holds no finished nn4n-train run")):
+        argv = ["analysis=fixed_points", f"run={flip_flop_run}", *args] if not args[0].startswith("run=") else ["analysis=fixed_points", *args]
+        done = nn4n_analyze(*argv, cwd=tmp_path)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and message in lines[0], done.stderr[-2000:]

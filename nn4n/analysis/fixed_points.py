@@ -33,6 +33,8 @@ from ..recurrence.rates import RATES
 Q_TOL = 1e-20  # a point whose speed q (1/ms^2) is at most this is a fixed point: |dv/dt| <= 1.4e-10 /ms
 MERGE_TOL = 1e-6  # points closer than this in max |v_i - v'_i| are one point
 MARGINAL = 1e-6  # |Re(eigenvalue)| (1/ms) below this: a marginal direction (a line attractor's)
+CHUNK_ELEMENTS = 1 << 26  # at most this many Jacobian entries (float64) at once: 512 MiB
+HALVINGS = 30  # a Newton step is shortened at most this many times (to 1e-9 of itself) before another step is tried
 
 
 @dataclass
@@ -124,7 +126,9 @@ class _Problem:
 
 
 def _solve(problem: _Problem, v: torch.Tensor, q_tol: float, max_iter: int, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Newton steps checked to decrease |G|, Levenberg-Marquardt where they do not; every start at once."""
+    """Damped Newton from every start at once: the step ``J_G d = -G``, halved (up to ``HALVINGS`` times) until
+    ``|G|^2`` drops by Armijo's rule; where no length does (``J_G`` singular, or a local minimum of ``|G|``), a
+    Levenberg-Marquardt step. A start that stops descending is left where it is: a slow point."""
     n_starts, n = v.shape
     lam = torch.full((n_starts,), 1e-3, dtype=v.dtype, device=v.device)
     iterations = torch.zeros(n_starts, dtype=torch.long, device=v.device)
@@ -140,34 +144,42 @@ def _solve(problem: _Problem, v: torch.Tensor, q_tol: float, max_iter: int, prog
         va, ga, ma = v[idx], g[idx], merit[idx]
         jac = problem.jacobian(va)
         step, info = torch.linalg.solve_ex(jac, -ga)
-        trial = va + torch.where((info == 0)[:, None], step, 0)
-        g_trial = problem.g(trial, idx)
-        m_trial = g_trial.square().sum(-1)
-        newton_ok = (info == 0) & (m_trial < (1 - 1e-4) * ma)
-        # Levenberg-Marquardt where Newton's step did not help: (J^T J + lam diag(J^T J)) d = -J^T G
-        lm = ~newton_ok
-        if lm.any():
-            j = jac[lm]
+        new_v, new_g, new_m = va.clone(), ga.clone(), ma.clone()
+        pending = info == 0
+        for halving in range(HALVINGS):  # the longest step that decreases |G|^2 enough (Armijo, c = 1e-4)
+            if not pending.any():
+                break
+            rows = pending.nonzero().flatten()
+            alpha = 0.5 ** halving
+            trial = va[rows] + alpha * step[rows]
+            g_trial = problem.g(trial, idx[rows])
+            m_trial = g_trial.square().sum(-1)
+            ok = m_trial <= (1 - 2e-4 * alpha) * ma[rows]
+            new_v[rows[ok]], new_g[rows[ok]], new_m[rows[ok]] = trial[ok], g_trial[ok], m_trial[ok]
+            pending[rows[ok]] = False
+        stuck = pending | (info != 0)
+        if stuck.any():  # Levenberg-Marquardt: (J^T J + lam diag(J^T J)) d = -J^T G
+            rows = stuck.nonzero().flatten()
+            j = jac[rows]
             jtj = j.mT @ j
-            damp = lam[idx][lm, None] * torch.diagonal(jtj, dim1=-2, dim2=-1).clamp_min(1e-12)
-            d = torch.linalg.solve(jtj + torch.diag_embed(damp), -(j.mT @ ga[lm, :, None])[..., 0])
-            lm_trial = va[lm] + d
-            g_lm = problem.g(lm_trial, idx[lm])
-            m_lm = g_lm.square().sum(-1)
-            better = m_lm < ma[lm]
-            trial[lm] = torch.where(better[:, None], lm_trial, va[lm])
-            g_trial[lm] = torch.where(better[:, None], g_lm, ga[lm])
-            m_trial[lm] = torch.where(better, m_lm, ma[lm])
-            lam_lm = lam[idx][lm]
-            lam[idx[lm]] = torch.where(better, lam_lm / 3, lam_lm * 10)
-            stalled[idx[lm]] = (~better) & (lam_lm * 10 > 1e12)  # no descent at any damping: a local minimum of q
-        v[idx], g[idx], merit[idx] = trial, g_trial, m_trial
+            damp = lam[idx[rows], None] * torch.diagonal(jtj, dim1=-2, dim2=-1).clamp_min(1e-12)
+            d = torch.linalg.solve(jtj + torch.diag_embed(damp), -(j.mT @ ga[rows, :, None])[..., 0])
+            trial = va[rows] + d
+            g_trial = problem.g(trial, idx[rows])
+            m_trial = g_trial.square().sum(-1)
+            better = m_trial < ma[rows]
+            new_v[rows[better]], new_g[rows[better]], new_m[rows[better]] = trial[better], g_trial[better], m_trial[better]
+            lam_rows = lam[idx[rows]]
+            lam[idx[rows]] = torch.where(better, lam_rows / 3, lam_rows * 10)
+            stalled[idx[rows]] = ~better & (lam_rows * 10 > 1e12)  # no descent at any damping: a local minimum
+        stalled[idx] |= new_m > (1 - 1e-12) * ma  # no progress at all: where descent ends above the tolerance
+        v[idx], g[idx], merit[idx] = new_v, new_g, new_m
         iterations[idx] += 1
         bar.set_postfix_str(f"{int(active.sum())} moving")
     return v, iterations
 
 
-def _merge(v: np.ndarray, q: np.ndarray, key: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
+def merge_points(v: np.ndarray, q: np.ndarray, key: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
     """Greedy: the slowest point of each group of points within ``tol`` (max-abs) of each other, per ``key``
     (the input). Returns the kept indices and, for each, how many points it stands for."""
     order = np.lexsort((q, key))
@@ -229,10 +241,14 @@ def find_fixed_points(
     v0 = torch.as_tensor(starts, **as64)
     index = torch.arange(len(names), device=device).repeat_interleave(len(starts))
     problem = _Problem(w_rec, drive[index], tau, net.config.activation)
-    v, iterations = _solve(problem, v0.repeat(len(names), 1), q_tol, max_iter, progress)
+    v, iterations = v0.repeat(len(names), 1), torch.zeros(len(index), dtype=torch.long, device=device)
+    chunk = max(1, CHUNK_ELEMENTS // n**2)  # starts solved together: their Jacobians take chunk x N^2 floats
+    for rows in torch.arange(len(index), device=device).split(chunk):
+        part = _Problem(w_rec, problem.c[rows], tau, net.config.activation)
+        v[rows], iterations[rows] = _solve(part, v[rows], q_tol, max_iter, progress)
     q = problem.q(problem.g(v))
     v_np, q_np, key = v.cpu().numpy(), q.cpu().numpy(), index.cpu().numpy()
-    kept, n_starts = _merge(v_np, q_np, key, merge_tol)
+    kept, n_starts = merge_points(v_np, q_np, key, merge_tol)
     # the linearization of the distinct points only
     vk = v[kept]
     jac = (problem.jacobian(vk) / tau[:, None])  # diag(1/tau) (-I + W diag(f'(v)))

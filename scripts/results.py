@@ -85,10 +85,7 @@ class Row:
         return " ".join(["nn4n-train", *self.overrides])
 
 
-def training_preset(task: str) -> str:
-    """The training preset a task preset names (``defaults: [override /train: long]``), else ``default``."""
-    defaults = yaml.safe_load((CONFIGS / "task" / f"{task}.yaml").read_text()).get("defaults", [])
-    return next((d["override /train"] for d in defaults if isinstance(d, dict) and "override /train" in d), "default")
+LONG = ("delay_match_sample", "delay_match_category", "interval_discrimination", "pdm_delay_response")  # train=long
 
 
 def rows(args: argparse.Namespace) -> list[Row]:
@@ -97,7 +94,9 @@ def rows(args: argparse.Namespace) -> list[Row]:
         for task in PRESETS:
             for arch in args.archs:
                 seeds = args.seeds + args.extra_two_area_seeds if arch == "two_area" else args.seeds
-                out.append(Row("presets", task, arch, training_preset(task), [f"arch={arch}", f"task={task}"], seeds))
+                training = "long" if task in LONG else "default"
+                overrides = [f"arch={arch}", f"task={task}", *(["train=long"] if training == "long" else [])]
+                out.append(Row("presets", task, arch, training, overrides, seeds))
     if args.only in (None, "neurogym"):
         for task, extra in NEUROGYM.items():
             out.append(Row("neurogym", task, "two_area", "long",
@@ -162,9 +161,12 @@ def summarize(row: Row, out: Path, ideal: dict[str, float | None]) -> dict[str, 
     else:
         cells["result"] = f"loss {mean_sd([r['loss'] for r in ok], 4)} (no response period scored)"
         cells["learned"] = "–"
-    saturated = [max((v for k, v in r.get("activity", {}).items() if k.startswith("saturated/") and k.endswith("/E")), default=math.nan)
-                 for r in ok]
-    cells["saturated"] = mean_sd(saturated, 2)
+    def population(stat: str, pick: Any) -> list[float]:
+        return [pick([v for k, v in r.get("activity", {}).items() if k.startswith(f"{stat}/") and k.endswith("/E")] or [math.nan])
+                for r in ok]
+
+    cells["activity"] = (f"rate {mean_sd(population('rates', statistics.fmean), 2)}, silent "
+                         f"{mean_sd(population('silent', max), 2)}, saturated {mean_sd(population('saturated', max), 2)}")
     cells["wall"] = f"{statistics.fmean(r['wall_time_s'] for r in ok) / 60:.1f}"
     if failed:
         cells["result"] += f"; failed: {failed[0]}"
@@ -187,12 +189,13 @@ def cpu_model() -> str:
 
 
 def table(selected: list[Row], out: Path, ideal: dict[str, float | None]) -> str:
-    header = "| task | arch | training | seeds run | held-out result (mean ± sd over seeds) | chance | ideal | learned | E saturated | wall (min) | command |"
+    header = ("| task | arch | training | seeds run | held-out result (mean ± sd over seeds) | chance | ideal | learned | "
+              "E populations: mean rate, largest silent fraction, largest saturated fraction | wall (min) | command |")
     lines = [header, "|" + " --- |" * (header.count("|") - 1)]
     for row in selected:
         c = summarize(row, out, ideal)
         lines.append(f"| {row.task} | {row.arch} | {row.training} | {c.get('n', '0')} | {c['result']} | {c.get('chance', '–')} "
-                     f"| {c.get('ideal', '–')} | {c['learned']} | {c.get('saturated', '–')} | {c.get('wall', '–')} | `{row.command()}` |")
+                     f"| {c.get('ideal', '–')} | {c['learned']} | {c.get('activity', '–')} | {c.get('wall', '–')} | `{row.command()}` |")
     return "\n".join(lines)
 
 
@@ -205,9 +208,10 @@ def main() -> None:
                         help="more seeds for the presets in two_area (the stability check)")
     parser.add_argument("--archs", nargs="+", default=list(ARCHS))
     parser.add_argument("--only", choices=["presets", "neurogym"])
+    parser.add_argument("--tasks", nargs="*", help="only these presets or task ids")
     parser.add_argument("--no-write", action="store_true", help="print the tables; leave docs/ and README.md as they are")
     args = parser.parse_args()
-    selected, began = rows(args), time.perf_counter()
+    selected, began = [r for r in rows(args) if not args.tasks or r.task in args.tasks], time.perf_counter()
     jobs = [(row, seed) for row in selected for seed in row.seeds]
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         for (row, seed), metrics in zip(jobs, pool.map(lambda job: run(job[0], job[1], args.out), jobs)):

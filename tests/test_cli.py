@@ -51,7 +51,7 @@ def test_tensorboard_events(debug_run: Path) -> None:
     acc = EventAccumulator(str(debug_run / "tensorboard"), size_guidance={"scalars": 0, "images": 0}).Reload()
     tags = acc.Tags()
     for tag in ["loss/task", "loss/total", "train/lr", "train/grad_norm", "eval/accuracy", "eval/loss",
-                "rates/sensory/E", "rates/sensory/I", "rates/motor/E", "silent/motor", "weights/spectral_radius"]:
+                "rates/sensory/E", "rates/sensory/I", "rates/motor/E", "silent/motor/E", "weights/spectral_radius"]:
         assert tag in tags["scalars"], tag
     assert [e.step for e in acc.Scalars("loss/task")] == [5, 10, 15, 20]
     assert [e.step for e in acc.Scalars("eval/accuracy")] == [0, 10, 20]  # the curve starts at the untrained network

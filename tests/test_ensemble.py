@@ -199,6 +199,7 @@ def test_trainer_sets_threads_and_matmul_precision(tmp_path: Path, caplog: pytes
 
 
 def test_triton_engine_needs_cuda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("triton")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ConfigError, match="train.engine: triton runs on CUDA, not on cpu"):
         Trainer(resolve_config(["train.engine=triton", "train.device=cpu"]), tmp_path)

@@ -104,7 +104,7 @@ def test_bad_arguments_are_named() -> None:
 
 
 # ----------------------------------------------------------------------------- on networks nn4n-train trained
-FLIP_FLOP = ["task=flip_flop", "+task.params.initial=random", "+task.timing.stimulus=1000", "model.areas.hidden.size=64",
+FLIP_FLOP = ["task=flip_flop", "+task.timing.stimulus=1000", "model.areas.hidden.size=64",
              "train.steps=1000", "logging=minimal"]
 
 
@@ -160,3 +160,20 @@ def test_the_analysis_command_names_bad_input_in_one_line(flip_flop_run: Path, t
         done = nn4n_analyze(*argv, cwd=tmp_path)
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1 and message in lines[0], done.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_perceptual_decision_network_has_its_choice_attractors(tmp_path: Path) -> None:
+    """The default network trained on PerceptualDecisionMaking: with the fixation input, a stable point that
+    fixates; with a strong stimulus for either choice on (its noise-free mean), a stable point that makes it."""
+    run = subprocess.run([sys.executable, "-m", "nn4n", "logging=minimal", "hydra.run.dir=run"], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    from nn4n.analysis.fixed_points import of_run
+
+    inputs = ["fixation", "stimulus[coh=51.2,ground_truth=0]", "stimulus[coh=51.2,ground_truth=1]"]
+    points = of_run(tmp_path / "run", inputs=inputs, n_starts=256).points
+    for i, wanted in enumerate((0, 1, 2)):  # fixate; choose 1; choose 2
+        stable = points.converged & (points.n_unstable == 0) & (points.input_index == i)
+        assert (points.readout[stable].argmax(1) == wanted).any(), inputs[i]
+    assert points.on_kink.dtype.kind == "i" and (points.on_kink <= points.v.shape[1]).all()

@@ -92,3 +92,21 @@ def test_loading_a_run_in_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert namespace["record"]["rates"].shape[0] == 512 and set(namespace["probe"]["cond_coh"]) == {0.0}
     assert (namespace["probe"]["epoch_delay"][:, 1] - namespace["probe"]["epoch_delay"][:, 0] == 100).all()
     assert {"activity", "pca", "psychometric"} <= set(namespace["figs"])
+
+
+def analysis_runs() -> list[str]:
+    blocks = "\n".join(re.findall(r"```bash\n(.*?)```", DOCS, re.S))
+    return sorted({line.split("#")[0].strip() for line in blocks.splitlines() if line.startswith("nn4n-analyze ")})
+
+
+@pytest.mark.parametrize("run", analysis_runs())
+def test_analysis_command_composes_and_validates(run: str) -> None:
+    """Each ``nn4n-analyze`` command of the README and docs/ names real keys and valid values."""
+    from nn4n.analyze import _settings
+
+    overrides = [arg for arg in shlex.split(run)[1:] if arg != "-m"]
+    overrides = [o.split(",")[0] if o.startswith("analysis.start_noise=") else o for o in overrides]  # a sweep's first value
+    with initialize_config_module("nn4n_configs", version_base="1.3"):
+        composed = compose("analyze", overrides)
+    _, settings = _settings(composed)
+    assert settings.name == composed.analysis.name and len(analysis_runs()) >= 3

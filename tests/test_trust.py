@@ -317,5 +317,5 @@ def test_ctrl_c_during_start_up_is_one_line_and_leaves_no_run_folder(tmp_path: P
     time.sleep(2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and err.strip().splitlines() == ["nn4n-train: interrupted (Ctrl-C) before training; nothing was trained"], err[-3000:]
+    assert proc.returncode == 130 and err.strip().splitlines() == ["nn4n-train: interrupted (Ctrl-C); nothing was trained (before training starts; during training it checkpoints and stops)"], err[-3000:]
     assert not (tmp_path / "runs").exists()

@@ -34,6 +34,7 @@ Q_TOL = 1e-20  # a point whose speed q (1/ms^2) is at most this is a fixed point
 MERGE_TOL = 1e-6  # points closer than this in max |v_i - v'_i| are one point
 MARGINAL = 1e-6  # |Re(eigenvalue)| (1/ms) below this: a marginal direction (a line attractor's)
 CHUNK_ELEMENTS = 1 << 26  # at most this many Jacobian entries (float64) at once: 512 MiB
+SHARPNESS = (10.0, 100.0, 1e3, 1e4, 1e5)  # softplus sharpness the kink is rounded off with, from smooth to sharp
 HALVINGS = 30  # a Newton step is shortened at most this many times (to 1e-9 of itself) before another step is tried
 
 
@@ -111,15 +112,22 @@ class _Problem:
     c: torch.Tensor  # (S, N)
     tau: torch.Tensor  # (N,)
     activation: str
+    beta: float | None = None  # the kink rounded off (RateFunction.smoothed), or the exact rate function
+
+    def rates(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """f(v) and f'(v)."""
+        if self.beta is not None:
+            return RATES[self.activation].smoothed(v, self.beta)
+        return RATES[self.activation].f(v), _derivative(self.activation, v)
 
     def g(self, v: torch.Tensor, rows: torch.Tensor | slice = slice(None)) -> torch.Tensor:
         """G at the states ``v`` of the starts ``rows``."""
-        return -v + RATES[self.activation].f(v) @ self.w.mT + self.c[rows]
+        return -v + self.rates(v)[0] @ self.w.mT + self.c[rows]
 
     def jacobian(self, v: torch.Tensor) -> torch.Tensor:
         """dG/dv: (S, N, N)."""
         eye = torch.eye(v.shape[-1], dtype=v.dtype, device=v.device)
-        return self.w * _derivative(self.activation, v)[:, None, :] - eye
+        return self.w * self.rates(v)[1][:, None, :] - eye
 
     def q(self, g: torch.Tensor) -> torch.Tensor:
         return 0.5 * (g / self.tau).square().sum(-1)
@@ -246,6 +254,15 @@ def find_fixed_points(
     for rows in torch.arange(len(index), device=device).split(chunk):
         part = _Problem(w_rec, problem.c[rows], tau, net.config.activation)
         v[rows], iterations[rows] = _solve(part, v[rows], q_tol, max_iter, progress)
+    if RATES[net.config.activation].kink is not None:  # starts stuck at a kink: from the rounded-off function back to it
+        stuck = (problem.q(problem.g(v)) > q_tol).nonzero().flatten()
+        for rows in stuck.split(chunk):
+            for beta in SHARPNESS:
+                part = _Problem(w_rec, problem.c[rows], tau, net.config.activation, beta)
+                v[rows], more = _solve(part, v[rows], q_tol, max_iter, progress)
+                iterations[rows] += more
+            v[rows], more = _solve(_Problem(w_rec, problem.c[rows], tau, net.config.activation), v[rows], q_tol, max_iter, progress)
+            iterations[rows] += more
     q = problem.q(problem.g(v))
     v_np, q_np, key = v.cpu().numpy(), q.cpu().numpy(), index.cpu().numpy()
     kept, n_starts = merge_points(v_np, q_np, key, merge_tol)

@@ -20,6 +20,17 @@ class RateFunction:
     times_derivative: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]  # grad *= f'(v) in place, from r = f(v) and v
     kink: float | None = None  # where f' jumps (relu, retanh: 0)
     ceiling: float | None = None  # the bound |f| approaches (tanh, sigmoid, retanh: 1); None where unbounded
+    outer: Callable[[torch.Tensor], torch.Tensor] | None = None  # f = outer(relu(v)) for a rate function with a kink
+
+    def smoothed(self, v: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``f`` with its kink rounded off, and its derivative: ``outer(softplus(beta v) / beta)``; sharper as
+        ``beta`` grows (the fixed-point search follows roots from smooth to sharp)."""
+        soft = F.softplus(v, beta=beta)
+        x = soft.clone().requires_grad_(True)
+        with torch.enable_grad():
+            y = self.outer(x)
+            (slope,) = torch.autograd.grad(y.sum(), x)
+        return y.detach(), slope * torch.sigmoid(beta * v)
 
 
 def _relu_into(v: torch.Tensor, out: torch.Tensor) -> None:
@@ -45,12 +56,13 @@ def _retanh_derivative(grad: torch.Tensor, r: torch.Tensor, v: torch.Tensor) -> 
 
 
 RATES: dict[str, RateFunction] = {
-    "relu": RateFunction(F.relu, _relu_into, _relu_derivative, kink=0.0),
+    "relu": RateFunction(F.relu, _relu_into, _relu_derivative, kink=0.0, outer=lambda x: x),
     "tanh": RateFunction(torch.tanh, lambda v, out: torch.tanh(v, out=out), _tanh_derivative, ceiling=1.0),
     "softplus": RateFunction(F.softplus, lambda v, out: torch._C._nn.softplus(v, 1, 20, out=out),
                              lambda grad, r, v: aten.softplus_backward.grad_input(grad, v, 1, 20, grad_input=grad)),
     "sigmoid": RateFunction(torch.sigmoid, lambda v, out: torch.sigmoid(v, out=out),
                             lambda grad, r, v: aten.sigmoid_backward.grad_input(grad, r, grad_input=grad), ceiling=1.0),
-    "retanh": RateFunction(lambda v: torch.tanh(F.relu(v)), _retanh_into, _retanh_derivative, kink=0.0, ceiling=1.0),
+    "retanh": RateFunction(lambda v: torch.tanh(F.relu(v)), _retanh_into, _retanh_derivative, kink=0.0, ceiling=1.0,
+                           outer=torch.tanh),
 }
 assert tuple(RATES) == ACTIVATIONS, "every name in nn4n.recurrence.ACTIVATIONS has its entry here, in that order"

@@ -85,13 +85,30 @@ def _deferred_signals() -> Iterator[list[tuple[int, Any]]]:
             signal.signal(s, handler)
 
 
-def _optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """Fused (one kernel for all parameters), which also skips a step on the device when ``found_inf`` is set."""
+def recurrent_lr(cfg: Config, n_neurons: int) -> float:
+    """The recurrent weights' learning rate. ``auto``: ``train.lr / N`` under Adam and AdamW, ``train.lr`` under
+    SGD. Adam moves every weight by about ``lr`` per step whatever its gradient's size, so a gradient of rank one
+    (an error times the presynaptic rates) moves an N x N matrix's leading eigenvalue by up to ``lr * N``: at
+    ``lr`` 1e-2 and N = 128, past the bulk in a few steps, and relu rates run away. ``lr / N`` bounds that move
+    by ``lr`` (SGD's step already shrinks with each weight's gradient)."""
     t = cfg.train
+    if t.recurrent_lr != "auto":
+        return float(t.recurrent_lr)
+    return t.lr if t.optimizer == "sgd" else t.lr / n_neurons
+
+
+def _optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """Fused (one kernel for all parameters), which also skips a step on the device when ``found_inf`` is set.
+    Two groups: the recurrent weights at :func:`recurrent_lr`, every other parameter at ``train.lr``."""
+    t = cfg.train
+    named = list(model.named_parameters())
+    recurrent = [p for name, p in named if name.endswith("w_rec.original")]
+    groups = [{"params": [p for name, p in named if not name.endswith("w_rec.original")]},
+              {"params": recurrent, "lr": recurrent_lr(cfg, recurrent[0].shape[-1])}]
     if t.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), t.lr, momentum=t.momentum, weight_decay=t.weight_decay, fused=True)
+        return torch.optim.SGD(groups, t.lr, momentum=t.momentum, weight_decay=t.weight_decay, fused=True)
     cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    return cls(model.parameters(), t.lr, weight_decay=t.weight_decay, fused=True)
+    return cls(groups, t.lr, weight_decay=t.weight_decay, fused=True)
 
 
 def lr_factor(step: int, schedule: str, steps: int, warmup: int) -> float:

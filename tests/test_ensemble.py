@@ -260,3 +260,16 @@ def test_learning_rate_warms_up_then_follows_its_schedule() -> None:
     assert lr_factor(500, "cosine", 1000, 100) == pytest.approx(0.5) and lr_factor(1000, "cosine", 1000, 100) == pytest.approx(0.0)
     assert lr_factor(50, "cosine", 1000, 100) == pytest.approx(0.51 * 0.5 * (1 + np.cos(np.pi * 0.05)))
     assert [lr_factor(s, "step", 900, 0) for s in (0, 299, 300, 600)] == pytest.approx([1, 1, 0.1, 0.01])
+
+
+@pytest.mark.parametrize("overrides, expected", [([], 0.01 / 128), (["train.optimizer=sgd"], 0.01),
+                                                 (["train.recurrent_lr=0.002"], 0.002)])
+def test_recurrent_weights_learn_at_their_own_rate(tmp_path: Path, overrides: list[str], expected: float) -> None:
+    """Under Adam the recurrent weights learn at lr / N (N = 128 neurons), all else at lr; the group holds every
+    network's W_rec and nothing else, and the warmup scales both groups alike."""
+    trainer = Trainer(resolve_config(["train.lr=0.01", "train.n_networks=2", *overrides]), tmp_path)
+    others, recurrent = trainer.optimizer.param_groups
+    assert recurrent["initial_lr"] == pytest.approx(expected) and others["initial_lr"] == 0.01
+    rec = {id(net.parametrizations.w_rec.original) for net in trainer.networks}
+    assert {id(p) for p in recurrent["params"]} == rec and not rec & {id(p) for p in others["params"]}
+    assert recurrent["lr"] / recurrent["initial_lr"] == pytest.approx(others["lr"] / others["initial_lr"])

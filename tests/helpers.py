@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from nn4n.monitor import HPARAMS_RUN
 
@@ -31,3 +34,16 @@ def hparams_session(tensorboard_dir: Path) -> tuple[dict[str, Any], dict[str, li
               for k, v in info.hparams.items()}
     metrics = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
     return params, metrics
+
+
+def nn4n_train_in_process(argv: list[str], monkeypatch: pytest.MonkeyPatch, cwd: Path) -> int:
+    """``nn4n-train *argv`` run in this process from ``cwd``: its exit status."""
+    from nn4n import cli
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["nn4n-train", *argv])
+    try:
+        cli.main()
+    except SystemExit as exit:
+        return int(exit.code or 0)
+    return 0

@@ -17,12 +17,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator as PluginEventAccumulator
 
 from nn4n import CTRNN, Area, NetworkConfig
-from nn4n import cli
 from nn4n.checkpoint import load_checkpoint
 from nn4n.errors import ConfigError
 from nn4n.experiment import resolve
 from nn4n.rundir import check_disk_space, check_resumable
-from helpers import hparams_session
+from helpers import hparams_session, nn4n_train_in_process
 
 BAD_CONFIGS = [
     # types
@@ -123,20 +122,10 @@ BAD_CONFIGS = [
 ]
 
 
-def cli_in_process(argv: list[str], monkeypatch: pytest.MonkeyPatch, cwd: Path) -> int:
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["nn4n-train", *argv])
-    try:
-        cli.main()
-    except SystemExit as exit:
-        return int(exit.code or 0)
-    return 0
-
-
 @pytest.mark.parametrize("override, key", [c for c in BAD_CONFIGS if c[1]], ids=[c[0] for c in BAD_CONFIGS if c[1]])
 def test_bad_config_table(override: str, key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                           capsys: pytest.CaptureFixture) -> None:
-    code = cli_in_process(["debug=fast", *override.split(" "), "hydra.run.dir=run"], monkeypatch, tmp_path)
+    code = nn4n_train_in_process(["debug=fast", *override.split(" "), "hydra.run.dir=run"], monkeypatch, tmp_path)
     err = capsys.readouterr().err.strip()
     assert code != 0, override
     assert "Traceback" not in err and key in err, err
@@ -150,7 +139,7 @@ def test_device_this_machine_lacks(device: str, available: bool, tmp_path: Path,
     """Found only when training starts, after Hydra made the run directory: that directory goes too."""
     if available:
         pytest.skip(f"{device} exists here")
-    code = cli_in_process(["debug=fast", f"train.device={device}", "hydra.run.dir=run"], monkeypatch, tmp_path)
+    code = nn4n_train_in_process(["debug=fast", f"train.device={device}", "hydra.run.dir=run"], monkeypatch, tmp_path)
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith(f"nn4n-train: error: train.device: {device!r} requested but ") and "\n" not in err
     assert not (tmp_path / "run").exists()
@@ -179,7 +168,7 @@ def test_task_whose_code_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "failing.py").write_text(FAILING_TASK)
     argv = ["debug=fast", "task.name=FailingTask-v0", f"task.dirs=[{tmp_path / 'tasks'}]", "hydra.run.dir=run"]
-    code = cli_in_process(argv, monkeypatch, tmp_path)
+    code = nn4n_train_in_process(argv, monkeypatch, tmp_path)
     err = capsys.readouterr().err.strip()
     assert code == 2 and not (tmp_path / "run").exists()
     assert err == "nn4n-train: error: task.name: FailingTask-v0 failed on its first trial: RuntimeError: no stimulus file"
@@ -187,7 +176,7 @@ def test_task_whose_code_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
 
 def test_crash_before_training_keeps_the_runs_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An unexpected error (here out of memory) in a command given an existing run leaves its .hydra as it was."""
-    assert cli_in_process(["debug=fast", "train.steps=4", "hydra.run.dir=run"], monkeypatch, tmp_path) == 0
+    assert nn4n_train_in_process(["debug=fast", "train.steps=4", "hydra.run.dir=run"], monkeypatch, tmp_path) == 0
     record = {p.name: p.read_text() for p in (tmp_path / "run" / ".hydra").iterdir()}
 
     def out_of_memory(*args: object) -> None:
@@ -195,7 +184,7 @@ def test_crash_before_training_keeps_the_runs_record(tmp_path: Path, monkeypatch
 
     monkeypatch.setattr("nn4n.train.train", out_of_memory)
     with pytest.raises(MemoryError):
-        cli_in_process(["debug=fast", "train.steps=4", "train.eval_every=2", "hydra.run.dir=run"], monkeypatch, tmp_path)
+        nn4n_train_in_process(["debug=fast", "train.steps=4", "train.eval_every=2", "hydra.run.dir=run"], monkeypatch, tmp_path)
     assert {p.name: p.read_text() for p in (tmp_path / "run" / ".hydra").iterdir()} == record
 
 

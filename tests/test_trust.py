@@ -15,6 +15,7 @@ import pytest
 
 from nn4n import rundir
 from nn4n.rundir import LOCK_FILE, RunLock, RunLocked
+from helpers import nn4n_train_in_process
 
 
 def write_lock(run_dir: Path, host: str, pid: int, age_s: float = 0.0) -> Path:
@@ -66,18 +67,6 @@ def test_the_holder_keeps_its_heartbeat(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 # ----------------------------------------------------------------------------- files read as data
-def nn4n_train_in_process(argv: list[str], monkeypatch: pytest.MonkeyPatch, cwd: Path) -> int:
-    from nn4n import cli
-
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["nn4n-train", *argv])
-    try:
-        cli.main()
-    except SystemExit as exit:
-        return int(exit.code or 0)
-    return 0
-
-
 ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{n}: &{n} [{', '.join([f'*{p}'] * 10)}]\n" for p, n in zip("abcdefgh", "bcdefghi"))
 

@@ -39,6 +39,7 @@ def _fixed_points(target: Any, config: AnalyzeConfig, settings: Any, folder: Pat
     found = fp.of_run(target.run, target.network, config.checkpoint, inputs=settings.inputs, n_starts=settings.n_starts,
                       start_noise=settings.start_noise, n_trials=settings.n_trials, seed=settings.seed,
                       trust_task_code=config.trust_task_code, progress=sys.stderr.isatty(), q_tol=settings.q_tol,
+                      slow_q=settings.slow_q,
                       merge_tol=settings.merge_tol, kink_tol=settings.kink_tol, max_iter=settings.max_iter,
                       n_modes=settings.n_modes, device=config.device)
     points = found.points

@@ -144,6 +144,7 @@ class FixedPointsSettings:
     start_noise: float = 0.0
     n_trials: int = 256
     q_tol: float = 1e-20
+    slow_q: float = 1e-6
     merge_tol: float = 1e-6
     kink_tol: float = 1e-6
     max_iter: int = 200
@@ -154,7 +155,7 @@ class FixedPointsSettings:
         check(len(self.inputs) > 0, "analysis.inputs", "give at least one input (zero, a period, period[key=value] or a vector)")
         for key in ("n_starts", "n_trials", "max_iter"):
             integer(getattr(self, key), f"analysis.{key}")
-        for key in ("q_tol", "merge_tol", "kink_tol"):
+        for key in ("q_tol", "slow_q", "merge_tol", "kink_tol"):
             positive(getattr(self, key), f"analysis.{key}")
         non_negative(self.start_noise, "analysis.start_noise")
         check(self.n_modes >= 0, "analysis.n_modes", f"must be >= 0, got {self.n_modes}")

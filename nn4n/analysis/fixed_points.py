@@ -32,6 +32,8 @@ from ..recurrence.rates import RATES
 
 Q_TOL = 1e-20  # a point whose speed q (1/ms^2) is at most this is a fixed point: |dv/dt| <= 1.4e-10 /ms
 MERGE_TOL = 1e-6  # points closer than this in max |v_i - v'_i| are one point
+SLOW_Q = 1e-6  # a search that stops above this speed (|dv/dt| 1.4e-3 /ms) found neither a fixed nor a slow point
+SLOW_MERGE_TOL = 1e-3  # a slow point is placed only as well as the search stops: closer slow points are one
 MARGINAL = 1e-6  # |Re(eigenvalue)| (1/ms) below this: a marginal direction (a line attractor's)
 CHUNK_ELEMENTS = 1 << 26  # at most this many Jacobian entries (float64) at once: 512 MiB
 SHARPNESS = (10.0, 100.0, 1e3, 1e4, 1e5)  # softplus sharpness the kink is rounded off with, from smooth to sharp
@@ -80,11 +82,13 @@ class FixedPoints:
         return out
 
     def counts(self) -> dict[str, int]:
-        """Headline counts: fixed points, stable ones, saddles, slow points, outliers."""
+        """Headline counts: fixed points, stable ones, saddles, slow points, outliers, and the searches that
+        stopped faster than ``slow_q`` (found nothing)."""
         fixed = self.converged
         return {"fixed_points": int(fixed.sum()), "stable": int((fixed & (self.n_unstable == 0)).sum()),
                 "saddles": int((fixed & (self.n_unstable > 0) & (self.n_unstable < self.v.shape[1])).sum()),
-                "slow_points": int((~fixed).sum()), "outliers": int(self.outlier.sum())}
+                "slow_points": int((~fixed).sum()), "outliers": int(self.outlier.sum()),
+                "stopped": int(self.settings.get("stopped", 0))}
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Everything as numpy arrays (the keys of ``fixed_points.npz``)."""
@@ -187,15 +191,19 @@ def _solve(problem: _Problem, v: torch.Tensor, q_tol: float, max_iter: int, prog
     return v, iterations
 
 
-def merge_points(v: np.ndarray, q: np.ndarray, key: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
+def merge_points(v: np.ndarray, q: np.ndarray, key: np.ndarray, tol: float, fixed: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Greedy: the slowest point of each group of points within ``tol`` (max-abs) of each other, per ``key``
-    (the input). Returns the kept indices and, for each, how many points it stands for."""
+    (the input); a pair that is not two fixed points (``fixed``) within ``SLOW_MERGE_TOL``. Returns the kept
+    indices and, for each, how many points it stands for."""
+    fixed = np.ones(len(q), bool) if fixed is None else fixed
     order = np.lexsort((q, key))
     kept: list[int] = []
     counts: list[int] = []
     for i in order:
         for j, k in enumerate(kept):
-            if key[k] == key[i] and np.abs(v[k] - v[i]).max() <= tol:
+            near = tol if fixed[k] and fixed[i] else max(tol, SLOW_MERGE_TOL)
+            if key[k] == key[i] and np.abs(v[k] - v[i]).max() <= near:
                 counts[j] += 1
                 break
         else:
@@ -211,6 +219,7 @@ def find_fixed_points(
     starts: np.ndarray,
     *,
     q_tol: float = Q_TOL,
+    slow_q: float = SLOW_Q,
     max_iter: int = 200,
     merge_tol: float = MERGE_TOL,
     kink_tol: float = 1e-6,
@@ -220,11 +229,12 @@ def find_fixed_points(
     """The fixed and slow points of ``net`` for each named constant input (``{"fixation": u, ...}``, ``u`` of
     ``input_size`` features), searched from every state of ``starts`` (starts, neurons) for every input.
 
-    Points closer than ``merge_tol`` (max-abs on ``v``) are merged; a point with ``q <= q_tol`` is a fixed
-    point, any other a slow point. Eigen-decompositions are made of the merged points only; ``n_modes`` > 0
+    A point with ``q <= q_tol`` is a fixed point, one with ``q <= slow_q`` a slow point; a search that stopped
+    faster found neither (counted in ``settings["stopped"]``). Points closer than ``merge_tol`` (max-abs on
+    ``v``; slow points ``SLOW_MERGE_TOL``) are merged. Eigen-decompositions are made of the merged points only; ``n_modes`` > 0
     also keeps the right and left eigenvectors of the slowest modes. Deterministic for given starts.
     """
-    for key, value in (("q_tol", q_tol), ("merge_tol", merge_tol), ("kink_tol", kink_tol)):
+    for key, value in (("q_tol", q_tol), ("slow_q", slow_q), ("merge_tol", merge_tol), ("kink_tol", kink_tol)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise ValueError(f"{key}: must be a finite number > 0, got {value!r}")
     if not isinstance(max_iter, int) or max_iter < 1:
@@ -265,7 +275,9 @@ def find_fixed_points(
             iterations[rows] += more
     q = problem.q(problem.g(v))
     v_np, q_np, key = v.cpu().numpy(), q.cpu().numpy(), index.cpu().numpy()
-    kept, n_starts = merge_points(v_np, q_np, key, merge_tol)
+    found = np.flatnonzero(q_np <= slow_q)  # the starts whose search stopped faster found nothing
+    kept, n_starts = merge_points(v_np[found], q_np[found], key[found], merge_tol, q_np[found] <= q_tol)
+    kept = found[kept]
     # the linearization of the distinct points only
     vk = v[kept]
     jac = (problem.jacobian(vk) / tau[:, None])  # diag(1/tau) (-I + W diag(f'(v)))
@@ -294,8 +306,8 @@ def find_fixed_points(
         readout=(rates @ w_out.mT + b_out).cpu().numpy(), on_kink=on_kink.cpu().numpy(),
         outlier=np.abs(v_np[kept] - centre).max(1) > 2 * reach,
         modes_right=modes_right, modes_left=modes_left,
-        settings={"q_tol": q_tol, "max_iter": max_iter, "merge_tol": merge_tol, "kink_tol": kink_tol,
-                  "n_starts": len(starts)},
+        settings={"q_tol": q_tol, "slow_q": slow_q, "max_iter": max_iter, "merge_tol": merge_tol, "kink_tol": kink_tol,
+                  "n_starts": len(starts), "stopped": int(len(q_np) - len(found))},
     )
 
 

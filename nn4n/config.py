@@ -64,7 +64,7 @@ class TrainConfig:
     momentum: float = 0.9
     schedule: str = "none"
     warmup: int = 0  # steps of linear learning-rate warmup
-    recurrent_lr: str = "auto"  # or a number; see nn4n.train.recurrent_lr
+    recurrent_lr_scale: float = 1.0  # the recurrent weights learn at lr * scale / N under Adam; see nn4n.train.recurrent_lr
     steps: int = 2000
     batch_size: int = 64
     grad_clip: float = 1.0
@@ -96,8 +96,7 @@ class TrainConfig:
         non_negative(self.weight_decay, "train.weight_decay")
         check(isinstance(self.warmup, int) and self.warmup >= 0, "train.warmup", f"must be an integer >= 0, got {self.warmup!r}")
         non_negative(self.grad_clip, "train.grad_clip", "0 = off")
-        check(self.recurrent_lr == "auto" or re.fullmatch(r"\d*\.?\d+(e-?\d+)?", str(self.recurrent_lr)) is not None
-              and float(self.recurrent_lr) > 0, "train.recurrent_lr", f"must be auto or a number > 0, got {self.recurrent_lr!r}")
+        positive(self.recurrent_lr_scale, "train.recurrent_lr_scale")
         check(self.data_workers == "auto" or self.data_workers.isdigit(), "train.data_workers",
               f"must be auto or a number >= 0, got {self.data_workers!r}")
 

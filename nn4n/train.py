@@ -86,15 +86,13 @@ def _deferred_signals() -> Iterator[list[tuple[int, Any]]]:
 
 
 def recurrent_lr(cfg: Config, n_neurons: int) -> float:
-    """The recurrent weights' learning rate. ``auto``: ``train.lr / N`` under Adam and AdamW, ``train.lr`` under
-    SGD. Adam moves every weight by about ``lr`` per step whatever its gradient's size, so a gradient of rank one
-    (an error times the presynaptic rates) moves an N x N matrix's leading eigenvalue by up to ``lr * N``: at
-    ``lr`` 1e-2 and N = 128, past the bulk in a few steps, and relu rates run away. ``lr / N`` bounds that move
-    by ``lr`` (SGD's step already shrinks with each weight's gradient)."""
+    """The recurrent weights' learning rate: ``train.lr * train.recurrent_lr_scale / N`` under Adam and AdamW,
+    ``train.lr`` under SGD. Adam moves every weight by about ``lr`` per step whatever its gradient's size, so a
+    gradient of rank one (an error times the presynaptic rates) moves an N x N matrix's leading eigenvalue by up
+    to ``lr * N``: at ``lr`` 1e-2 and N = 128, past the bulk in a few steps, and relu rates run away. ``lr *
+    scale / N`` bounds that move by ``lr * scale`` (SGD's step already shrinks with each gradient's size)."""
     t = cfg.train
-    if t.recurrent_lr != "auto":
-        return float(t.recurrent_lr)
-    return t.lr if t.optimizer == "sgd" else t.lr / n_neurons
+    return t.lr if t.optimizer == "sgd" else t.lr * t.recurrent_lr_scale / n_neurons
 
 
 def _optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:

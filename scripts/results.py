@@ -96,12 +96,12 @@ def rows(args: argparse.Namespace) -> list[Row]:
             for arch in args.archs:
                 seeds = args.seeds + args.extra_two_area_seeds if arch == "two_area" else args.seeds
                 training = "long" if task in LONG else "default"
-                overrides = [f"arch={arch}", f"task={task}", *(["train=long"] if training == "long" else [])]
+                overrides = [f"arch={arch}", f"task={task}", *(["train=long"] if training == "long" else []), *args.set]
                 out.append(Row("presets", task, arch, training, overrides, seeds))
     if args.only in (None, "neurogym"):
         for task, extra in NEUROGYM.items():
             out.append(Row("neurogym", task, "two_area", "long",
-                           ["arch=two_area", f"task.name={task}", "train=long", *extra], args.seeds))
+                           ["arch=two_area", f"task.name={task}", "train=long", *extra, *args.set], args.seeds))
     return out
 
 
@@ -210,6 +210,8 @@ def main() -> None:
     parser.add_argument("--archs", nargs="+", default=list(ARCHS))
     parser.add_argument("--only", choices=["presets", "neurogym"])
     parser.add_argument("--tasks", nargs="*", help="only these presets or task ids")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides added to every run (an ablation: give it its own --out)")
     parser.add_argument("--no-write", action="store_true", help="print the tables; leave docs/ and README.md as they are")
     args = parser.parse_args()
     selected, began = [r for r in rows(args) if not args.tasks or r.task in args.tasks], time.perf_counter()

@@ -263,7 +263,7 @@ def test_learning_rate_warms_up_then_follows_its_schedule() -> None:
 
 
 @pytest.mark.parametrize("overrides, expected", [([], 0.01 / 128), (["train.optimizer=sgd"], 0.01),
-                                                 (["train.recurrent_lr=0.002"], 0.002)])
+                                                 (["train.recurrent_lr_scale=2"], 0.02 / 128)])
 def test_recurrent_weights_learn_at_their_own_rate(tmp_path: Path, overrides: list[str], expected: float) -> None:
     """Under Adam the recurrent weights learn at lr / N (N = 128 neurons), all else at lr; the group holds every
     network's W_rec and nothing else, and the warmup scales both groups alike."""

@@ -105,7 +105,7 @@ def test_bad_arguments_are_named() -> None:
 
 # ----------------------------------------------------------------------------- on networks nn4n-train trained
 FLIP_FLOP = ["task=flip_flop", "+task.timing.stimulus=1000", "model.areas.hidden.size=64",
-             "train.steps=1000", "train.recurrent_lr=0.01", "logging=minimal"]  # W_rec at lr: eight memories in 1000 steps
+             "train.steps=1000", "train.recurrent_lr_scale=64", "logging=minimal"]  # W_rec at lr: eight memories in 1000 steps
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ held-out trajectories and stop at the same tolerance; both run on one CPU thread
     python scripts/bench_fixed_points.py --run RUN_DIR [--inputs zero] [--starts 1024]
 
 RUN_DIR is an nn4n-train run, e.g. a 256-unit FlipFlop network:
-    nn4n-train task=flip_flop +task.params.initial=random model.areas.hidden.size=256 train.steps=800 hydra.run.dir=runs/ff256
+    nn4n-train task=flip_flop model.areas.hidden.size=256 train.steps=800 hydra.run.dir=runs/ff256
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def plain(net: torch.nn.Module, drive: np.ndarray, starts: np.ndarray, q_tol: fl
     as64 = dict(dtype=torch.float64)
     w = net.w_rec.detach().to(**as64)
     tau = net.tau.detach().to(**as64)
-    c = torch.as_tensor(drive, **as64)
+    c = torch.tensor(drive, **as64)
     f = RATES[net.config.activation].f
     v = torch.tensor(starts, **as64, requires_grad=True)
     opt = torch.optim.Adam([v], lr=lr)
@@ -52,7 +52,7 @@ def autograd_jacobians(net: torch.nn.Module, drive: np.ndarray, points: np.ndarr
     """Seconds to get each point's Jacobian by autograd and its eigenvalues (what fixed-point-finder does)."""
     w = net.w_rec.detach().double()
     tau = net.tau.detach().double()
-    c = torch.as_tensor(drive, dtype=torch.float64)
+    c = torch.tensor(drive, dtype=torch.float64)
     f = RATES[net.config.activation].f
     began = time.perf_counter()
     for v in torch.as_tensor(points, dtype=torch.float64):

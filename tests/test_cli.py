@@ -67,7 +67,7 @@ def test_tensorboard_events(debug_run: Path) -> None:
     metrics = json.loads((debug_run / "metrics.json").read_text())
     params, hparam_metrics = hparams_session(debug_run / "tensorboard")
     assert hparam_metrics["eval/accuracy"] == [(20, pytest.approx(metrics["accuracy"]))] and params["train.steps"] == 20
-    assert set(hparam_metrics) == {"eval/loss", "eval/accuracy"}  # no one-point charts of their own
+    assert set(hparam_metrics) == {"eval/loss", "eval/accuracy", "eval/abort_rate"}  # no one-point charts of their own
     assert acc.Scalars("eval/accuracy")[-1].value == pytest.approx(metrics["accuracy"])
     assert "config" in " ".join(tags["tensors"])  # resolved config as text
 

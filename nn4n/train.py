@@ -111,8 +111,8 @@ def _optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
 
 def lr_factor(step: int, schedule: str, steps: int, warmup: int) -> float:
     """The learning rate at optimizer step ``step`` (0-based) as a fraction of ``train.lr``: a linear warmup over
-    the first ``warmup`` steps (Adam's first steps otherwise raise every excitatory weight at once), times the
-    schedule: ``none``, ``cosine`` (to 0 at ``steps``) or ``step`` (x0.1 every third of ``steps``)."""
+    the first ``warmup`` steps, times the schedule: ``none``, ``cosine`` (to 0 at ``steps``) or ``step`` (x0.1
+    every third of ``steps``)."""
     factor = min(1.0, (step + 1) / warmup) if warmup else 1.0
     if schedule == "cosine":
         factor *= 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))

@@ -126,7 +126,8 @@ class _Problem:
 
     def g(self, v: torch.Tensor, rows: torch.Tensor | slice = slice(None)) -> torch.Tensor:
         """G at the states ``v`` of the starts ``rows``."""
-        return -v + self.rates(v)[0] @ self.w.mT + self.c[rows]
+        rates = RATES[self.activation].f(v) if self.beta is None else self.rates(v)[0]
+        return -v + rates @ self.w.mT + self.c[rows]
 
     def jacobian(self, v: torch.Tensor) -> torch.Tensor:
         """dG/dv: (S, N, N)."""

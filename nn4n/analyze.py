@@ -53,7 +53,25 @@ def _fixed_points(target: Any, config: AnalyzeConfig, settings: Any, folder: Pat
             f"{counts['slow_points']} slow points")
 
 
-ANALYZE = {"fixed_points": _fixed_points}
+def _perturbations(target: Any, config: AnalyzeConfig, settings: Any, folder: Path) -> str:
+    """Run the perturbation experiments on one network and write their results; the headline."""
+    from .analysis import perturbations as pt
+    from .analysis.results import write_arrays, write_figures, write_json, write_table
+
+    found = pt.of_run(target.run, target.network, config.checkpoint, perturbations=settings.perturbations,
+                      survey_all=settings.survey, n_trials=settings.n_trials, seed=settings.seed, noise=settings.noise,
+                      strength=settings.strength, trust_task_code=config.trust_task_code, device=config.device)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_table(folder / "perturbations.csv", *found.table())
+    write_arrays(folder / "activity.npz", found.arrays())
+    write_json(folder / "summary.json", found.summary())
+    write_figures(target, settings.name, found.figures())
+    header, rows = found.table()
+    worst = min(rows[1:], key=lambda row: row[4])
+    return f"{len(rows) - 1} perturbations; control {header[4]} {rows[0][4]:.3f}, lowest {worst[4]:.3f} ({worst[0]})"
+
+
+ANALYZE = {"fixed_points": _fixed_points, "perturbations": _perturbations}
 
 
 @hydra.main(version_base="1.3", config_path="pkg://nn4n_configs", config_name="analyze")

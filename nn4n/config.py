@@ -161,7 +161,34 @@ class FixedPointsSettings:
         seed(self.seed, "analysis.seed")
 
 
-ANALYSES: dict[str, type] = {"fixed_points": FixedPointsSettings}  # analysis=<name>: its settings' schema
+@dataclass
+class PerturbationsSettings:
+    """``nn4n-analyze analysis=perturbations``: see :mod:`nn4n.analysis.perturbations` and :mod:`nn4n.perturb`."""
+
+    name: str = "perturbations"
+    perturbations: dict[str, Any] = field(default_factory=dict)  # name -> {kind, area, population, ...}
+    survey: bool = True  # also silence every area (whole trial, each period) and cut every projection between areas
+    n_trials: int = 256
+    seed: int | None = None  # held-out trials (None: the run's own)
+    noise: bool = False  # the network's noise, the same draw in every condition
+    strength: str = "coh"  # the condition whose signed value is the psychometric curve's axis
+
+    def __post_init__(self) -> None:
+        from .perturb import Perturbation
+
+        integer(self.n_trials, "analysis.n_trials")
+        if self.seed is not None:
+            seed(self.seed, "analysis.seed")
+        for name, value in self.perturbations.items():
+            try:
+                Perturbation.of(value)
+            except ValueError as err:
+                raise ValueError(f"analysis.perturbations.{name}.{err}") from None
+        check(self.survey or bool(self.perturbations), "analysis.perturbations",
+              "none given (and analysis.survey=false): add one, e.g. '+analysis.perturbations.cut={kind:lesion,projection:PFC<-PPC}'")
+
+
+ANALYSES: dict[str, type] = {"fixed_points": FixedPointsSettings, "perturbations": PerturbationsSettings}  # analysis=<name>: its settings' schema
 
 
 @dataclass

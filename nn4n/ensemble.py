@@ -8,13 +8,14 @@ serves all K networks instead of K.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
 from .model import CTRNN, Activity, Weights
+from .perturb import Effect, Perturbation
 from .structure import NetworkConfig
 
 
@@ -48,16 +49,21 @@ class Ensemble(nn.Module):
         return len(self.networks)
 
     def forward(
-        self, inputs: torch.Tensor, noise: bool | None = None, return_preact: bool = False
+        self, inputs: torch.Tensor, noise: bool | None = None, return_preact: bool = False,
+        perturb: Iterable[Perturbation | Mapping[str, Any]] | None = None, epochs: Mapping[str, np.ndarray] | None = None,
     ) -> tuple[torch.Tensor, list[Activity]]:
+        """``perturb`` and ``epochs`` as in :meth:`CTRNN.forward`, on every network (each its own lesions)."""
         nets = list(self.networks)
         if inputs.dim() == 4 and inputs.shape[0] != len(nets):  # other shapes: run() names them
             raise ValueError(f"inputs: leading dimension {inputs.shape[0]} is not the number of networks {len(nets)}")
+        effects = [net.effect(perturb, inputs, epochs) for net in nets] if perturb is not None else None
         if len(nets) == 1:  # exactly the plain network's computation (unbatched matrix products)
-            outputs, activity = nets[0](inputs[0], noise=noise, return_preact=return_preact)
+            outputs, activity = nets[0](inputs[0], noise=noise, return_preact=return_preact,
+                                        perturb=effects[0] if effects else None)
             return outputs[None], [activity]
         weights = Weights.stack([net.effective_weights() for net in nets])
-        outputs, rates, preact = nets[0].run(weights, inputs, noise=noise, return_preact=return_preact)
+        effect = Effect.stack(effects) if effects else None
+        outputs, rates, preact = nets[0].run(weights, inputs, noise=noise, return_preact=return_preact, effect=effect)
         activities = [
             Activity(rates[k], net.structure, None if preact is None else preact[k]) for k, net in enumerate(nets)
         ]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -11,15 +12,18 @@ from .ensemble import Ensemble
 from .files import atomic_write
 from .metrics import scores, trial_outcomes
 from .model import CTRNN, Activity
+from .perturb import Effect, Perturbation
 from .tasks import TaskKind, TaskSpec
 
 
 @torch.no_grad()
-def evaluate(model: CTRNN, batch: TrialBatch, spec: TaskSpec, noise: bool = False) -> tuple[dict[str, float], torch.Tensor, Activity]:
-    """Run held-out trials, without the network's noise unless ``noise``; metrics as in :func:`nn4n.metrics.scores`."""
+def evaluate(model: CTRNN, batch: TrialBatch, spec: TaskSpec, noise: bool = False,
+             perturb: Sequence[Perturbation | Mapping[str, Any]] | Effect | None = None) -> tuple[dict[str, float], torch.Tensor, Activity]:
+    """Run held-out trials, without the network's noise unless ``noise``, perturbed by ``perturb``
+    (:mod:`nn4n.perturb`); metrics as in :func:`nn4n.metrics.scores`."""
     was_training = model.training
     model.eval()
-    outputs, activity = model(batch.inputs, noise=noise)
+    outputs, activity = model(batch.inputs, noise=noise, perturb=perturb, epochs=batch.epochs)
     model.train(was_training)
     return scores(outputs, batch, spec), outputs, activity
 

@@ -14,6 +14,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from .stats import logistic_fit
+
 Record = dict[str, np.ndarray]  # an activity record: activity.npz, or activity_from_run's result
 
 
@@ -230,25 +232,11 @@ def trial_io(act: Record, trial: int = 0) -> Figure:
     return fig
 
 
-def _logistic_fit(x: np.ndarray, y: np.ndarray, ridge: float = 1e-3) -> np.ndarray:
-    """(bias, slope) of P(y=1) = sigmoid(b + a x), by ridge-regularised Newton iterations."""
-    X = np.stack([np.ones_like(x), x], axis=1)
-    beta = np.zeros(2)
-    for _ in range(50):
-        p = 1 / (1 + np.exp(-X @ beta))
-        hess = X.T @ (X * (p * (1 - p))[:, None]) + ridge * np.eye(2)
-        beta += np.linalg.solve(hess, X.T @ (y - p) - ridge * beta)
-    return beta
-
-
-def psychometric_curve(act: Record, strength: str = "coh") -> Figure | None:
-    """Fraction of trials choosing class 2 vs signed strength (negative when the correct choice is class 1);
-    the axes name the classes by the record's ``output_labels``.
-
-    The denominator is all trials at a level (aborted trials count as not choosing 2).
-    Returns None unless this is a 2-choice classification record with one response per trial (``choice``,
-    ``target_choice``: the correct class) and ``cond_<strength>``.
-    """
+def psychometric_data(act: Record, strength: str = "coh") -> tuple[np.ndarray, np.ndarray] | None:
+    """Per trial, the signed stimulus strength (negative when the correct choice is class 1) and whether the
+    network chose class 2 (1.0, else 0.0: aborted trials count as not choosing 2). None unless this is a
+    2-choice classification record with one response per trial (``choice``, ``target_choice``: the correct
+    class) and ``cond_<strength>``."""
     key = f"cond_{strength}"
     if not (_is_classification(act) and "choice" in act and key in act and np.shape(act["choice"])[1:] == (1,)):
         return None
@@ -256,23 +244,47 @@ def psychometric_curve(act: Record, strength: str = "coh") -> Figure | None:
     if not set(np.unique(gt).tolist()) <= {1, 2}:
         return None
     signed = np.where(gt == 1, -1.0, 1.0) * np.asarray(act[key], float)
-    chose2 = (np.asarray(act["choice"])[:, 0] == 2).astype(float)
+    return signed, (np.asarray(act["choice"])[:, 0] == 2).astype(float)
+
+
+def psychometric_fit(signed: np.ndarray, chose2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The logistic fit of :func:`psychometric_data`, ``(bias, slope)`` per unit of strength, and their covariance."""
+    scale = float(np.abs(signed).max()) or 1.0
+    beta, cov = logistic_fit(signed / scale, chose2)
+    unscale = np.array([1.0, 1.0 / scale])
+    return beta * unscale, cov * np.outer(unscale, unscale)
+
+
+def psychometric_axes(ax: Axes, signed: np.ndarray, chose2: np.ndarray, color: str = "C0", label: str = "") -> None:
+    """The fraction choosing class 2 at each signed strength (points) and its logistic fit (line) on ``ax``."""
     levels = np.unique(signed)
     frac = np.array([chose2[signed == lv].mean() for lv in levels])
+    (bias, slope), _ = psychometric_fit(signed, chose2)
+    xs = np.linspace(levels[0], levels[-1], 200)
+    ax.plot(xs, 1 / (1 + np.exp(-(bias + slope * xs))), color=color, label=f"{label} logistic fit".strip())
+    ax.plot(levels, frac, "o", color=color, ms=4, label=f"{label} data".strip())
+    ax.set_ylim(-0.05, 1.05)
+
+
+def psychometric_curve(act: Record, strength: str = "coh") -> Figure | None:
+    """Fraction of trials choosing class 2 vs signed strength (:func:`psychometric_data`); the axes name the
+    classes by the record's ``output_labels``. None where the record has no such curve."""
+    data = psychometric_data(act, strength)
+    if data is None:
+        return None
     fig = Figure(figsize=(5, 4), layout="constrained")
     ax = fig.subplots()
-    scale = float(np.abs(signed).max()) or 1.0
-    bias, slope = _logistic_fit(signed / scale, chose2)
-    xs = np.linspace(levels[0], levels[-1], 200)
-    ax.plot(xs, 1 / (1 + np.exp(-(bias + slope * xs / scale))), color="C0", label="logistic fit")
-    ax.plot(levels, frac, "o", color="k", label="data")
-    ax.set_ylim(-0.05, 1.05)
+    psychometric_axes(ax, *data)
+    name_psychometric_axes(ax, act, strength)
+    ax.set_title(f"Psychometric curve (n={len(data[0])} trials)")
+    return fig
+
+
+def name_psychometric_axes(ax: Axes, act: Record, strength: str) -> None:
     one, two = _labels(act, "output_labels", "class", 3)[1:3]
     ax.set_xlabel(f"signed {strength} (− = correct {one}, + = {two})")
     ax.set_ylabel(f"fraction choosing {two}")
-    ax.set_title(f"Psychometric curve (n={len(signed)} trials)")
     ax.legend(fontsize=8)
-    return fig
 
 
 def produced_intervals(act: Record) -> Figure | None:

@@ -13,7 +13,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -25,6 +25,8 @@ from . import recurrence
 from .checkpoint import MODEL_FORMAT, load_nn4n_file
 from .files import atomic_write
 from .linear import linear
+from .perturb import Effect, Perturbation
+from .perturb import effect as perturbation_effect
 from .recurrence.step import time_major
 from .structure import NetworkConfig, Structure
 
@@ -290,10 +292,25 @@ class CTRNN(nn.Module):
         h0: torch.Tensor | None = None,
         noise: bool | None = None,
         return_preact: bool = False,
+        perturb: Iterable[Perturbation | Mapping[str, Any]] | Effect | None = None,
+        epochs: Mapping[str, np.ndarray] | None = None,
     ) -> tuple[torch.Tensor, Activity]:
-        """Run ``inputs`` (batch, time, input_size) from ``h0`` (batch, neurons) or the resting state."""
-        outputs, rates, preact = self.run(self.effective_weights(), inputs, h0, noise, return_preact)
+        """Run ``inputs`` (batch, time, input_size) from ``h0`` (batch, neurons) or the resting state.
+
+        ``perturb``: perturbations (:mod:`nn4n.perturb`: silence, stimulate, lesion) applied in this run;
+        ``epochs`` (``TrialBatch.epochs``) places windows given as task periods. The fused and triton engines
+        run perturbations without gradients (``torch.no_grad()``); reference differentiates through them.
+        """
+        effect = self.effect(perturb, inputs, epochs) if perturb is not None else None
+        outputs, rates, preact = self.run(self.effective_weights(), inputs, h0, noise, return_preact, effect)
         return outputs, Activity(rates, self.structure, preact)
+
+    def effect(self, perturb: Iterable[Perturbation | Mapping[str, Any]] | Effect, inputs: torch.Tensor,
+               epochs: Mapping[str, np.ndarray] | None = None) -> Effect:
+        """What ``perturb`` does to this network on ``inputs`` (``(..., batch, time, features)``)."""
+        if isinstance(perturb, Effect):
+            return perturb
+        return perturbation_effect(perturb, self.structure, inputs.shape[-3], inputs.shape[-2], epochs, like=inputs)
 
     def run(
         self,
@@ -302,13 +319,17 @@ class CTRNN(nn.Module):
         h0: torch.Tensor | None = None,
         noise: bool | None = None,
         return_preact: bool = False,
+        effect: Effect | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Outputs, rates and (on request) preactivations of this architecture with weights ``w``.
+        """Outputs, rates and (on request) preactivations of this architecture with weights ``w``, perturbed
+        by ``effect`` (:meth:`effect`).
 
         ``w`` is :meth:`effective_weights` or K networks' stacked (:meth:`Weights.stack`); then
         ``inputs`` (K, batch, time, input_size) and every result have the same leading K.
         """
         _check_inputs(inputs, h0, w, self.config.input_size)
+        if effect is not None:
+            w = effect.on(w)
         noisy = self.training if noise is None else noise
         alpha = _per_neuron(w.alpha)
         u = time_major(inputs)  # the drive is made time-major: each step of the loop is one contiguous block
@@ -322,10 +343,13 @@ class CTRNN(nn.Module):
             drive = torch.addcmul(drive, shared, torch.sqrt(2.0 / alpha))
         if noisy and self._rec_noise:
             drive = torch.addcmul(drive, torch.randn_like(drive), _per_neuron(w.noise_std) * torch.sqrt(2.0 / alpha))
+        if effect is not None and effect.current is not None:
+            drive = drive + time_major(effect.current)
         if h0 is None:
             rest = w.h0 if w.h0 is not None else drive.new_zeros(w.alpha.shape)
             h0 = rest.unsqueeze(-2).expand(*rest.shape[:-1], inputs.shape[-3], -1)
-        rates, preact = self._run_engine(time_major(drive), h0, w.w_rec, w.alpha, self.config.activation, return_preact)
+        keep = effect.keep if effect is not None else None
+        rates, preact = self._run_engine(time_major(drive), h0, w.w_rec, w.alpha, self.config.activation, return_preact, keep)
         return time_major(linear(time_major(rates), w.w_out, w.b_out)), rates, preact
 
     # ----------------------------------------------------------------------------- files

@@ -160,14 +160,22 @@ def load_job(job_dir: Path, root: Path) -> Job:
 
 
 def analysis_headlines(job_dir: Path) -> dict[str, float]:
-    """The headline numbers of the job's analyses (``analysis/<name>/summary.json``) as ``<name>.<key>``."""
-    out: dict[str, float] = {}
-    for path in sorted((job_dir / "analysis").glob("*/summary.json")):
+    """The headline numbers of the job's analyses (``analysis/<name>/summary.json``) as ``<name>.<key>``; for a
+    K-network job (``networks/<k>/analysis/``), their mean over the networks, and ``<name>.<key>_sd``."""
+    per_network: dict[str, list[float]] = {}
+    for path in sorted(job_dir.glob("analysis/*/summary.json")) + sorted(job_dir.glob("networks/*/analysis/*/summary.json")):
         try:
             values = json.loads(path.read_text())
         except ValueError:
             continue
-        out |= {f"{path.parent.name}.{k}": v for k, v in values.items() if isinstance(v, (int, float))}
+        for k, v in values.items():
+            if isinstance(v, (int, float)):
+                per_network.setdefault(f"{path.parent.name}.{k}", []).append(v)
+    out: dict[str, float] = {}
+    for name, values in per_network.items():
+        out[name] = statistics.fmean(values) if len(values) > 1 else values[0]
+        if len(values) > 1:
+            out[f"{name}_sd"] = statistics.stdev(values)
     return out
 
 

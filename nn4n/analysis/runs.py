@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -14,6 +14,7 @@ from ..ensemble import network_seed
 from ..evaluate import activity_record, evaluate
 from ..experiment import held_out, resolve
 from ..model import CTRNN
+from ..perturb import Perturbation
 from ..rundir import last_checkpoint, network_dir
 from ..structure import select_neurons
 from ..validate import seed as check_seed
@@ -66,6 +67,7 @@ def activity_from_run(
     timing: Mapping[str, Any] | None = None,
     params: Mapping[str, Any] | None = None,
     noise: bool = False,
+    perturb: Sequence[Perturbation | Mapping[str, Any]] | None = None,
     trust_task_code: bool = False,
 ) -> dict[str, np.ndarray]:
     """Run ``n_trials`` trials through a saved network; same keys as ``activity.npz``.
@@ -75,6 +77,9 @@ def activity_from_run(
     and ``task.params``), to probe the trained network beyond its training: ``timing={"delay": 2000}``,
     ``params={"cohs": [0.0, 51.2]}``. ``noise=True`` adds the network's recurrent and input noise, as in
     training, for trial-to-trial variability; drawn from the same seed, it is the same on every call.
+    ``perturb`` silences, stimulates or lesions parts of the network (:mod:`nn4n.perturb`), e.g.
+    ``[{"kind": "silence", "area": "PFC", "population": "E", "periods": ["delay"]}]``: the same trials and
+    noise as without it, so that the two records compare trial by trial.
     ``trust_task_code`` as in :func:`load_run`.
     Pass the result to :func:`nn4n.figures.all_figures` (or any single figure function).
     """
@@ -96,7 +101,7 @@ def activity_from_run(
     batch = trials.batch(0)
     with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
         torch.manual_seed(trials.seed)
-        _, outputs, activity = evaluate(model, batch, spec, noise)
+        _, outputs, activity = evaluate(model, batch, spec, noise, perturb)
     return activity_record(model, batch, outputs, activity, spec)
 
 

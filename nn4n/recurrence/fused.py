@@ -18,8 +18,11 @@ class _Fused(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, drive: torch.Tensor, h0: torch.Tensor, w_rec: torch.Tensor, alpha: torch.Tensor,
-        activation: str, return_preact: bool,
+        activation: str, return_preact: bool, keep: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if keep is not None and any(ctx.needs_input_grad[:4]):
+            raise ValueError("perturb: the fused engine runs perturbations without gradients (torch.no_grad()); "
+                             "the reference engine differentiates through them")
         t_len = drive.shape[-2]
         a = step_alpha(alpha, w_rec)
         rate = RATES[activation]
@@ -33,10 +36,15 @@ class _Fused(torch.autograd.Function):
         vs = preact.unbind(-2) if keep_v else preact.unbind(0) * ((t_len + 1) // 2)
         zs = z_all if z_all is not None else rates  # z_t = r_{t-1} W^T + drive_t, where r_t will go
         v, r = h0, r0
-        for d, z, v_new, r_new in zip(drive.unbind(-2), zs.unbind(-2), vs, rates.unbind(-2)):
+        keeps = keep.unbind(-2) if keep is not None else [None] * t_len
+        for d, z, v_new, r_new, keep_t in zip(drive.unbind(-2), zs.unbind(-2), vs, rates.unbind(-2), keeps):
             addmm(d, r, w_t, out=z)
             torch.lerp(v, z, a, out=v_new)
+            if keep_t is not None:
+                v_new.mul_(keep_t)
             rate.into(v_new, r_new)
+            if keep_t is not None:
+                r_new.mul_(keep_t)
             v, r = v_new, r_new
         ctx.activation = activation
         ctx.save_for_backward(h0, r0, w_rec, alpha, rates, preact if keep_v else None, z_all)
@@ -75,10 +83,11 @@ class _Fused(torch.autograd.Function):
         if need[2]:  # sum_t dz_t^T r_{t-1}: steps 1.. as one product over their (T-1) B rows, then step 0
             g_w = time_major(gv)[..., 1:, :, :].flatten(-3, -2).mT @ time_major(rates)[..., :-1, :, :].flatten(-3, -2)
             addmm(g_w, gv[..., 0, :].mT, r0, out=g_w)  # r_{-1} = f(h0)
-        return gv, g_h0, g_w, g_alpha, None, None
+        return gv, g_h0, g_w, g_alpha, None, None, None
 
 
 def run(drive: torch.Tensor, h0: torch.Tensor, w_rec: torch.Tensor, alpha: torch.Tensor, activation: str,
-        return_preact: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Same as :func:`nn4n.recurrence.reference.run`, as one autograd node with a hand-written backward."""
-    return _Fused.apply(drive, h0, w_rec, alpha, activation, return_preact)
+        return_preact: bool = False, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Same as :func:`nn4n.recurrence.reference.run`, as one autograd node with a hand-written backward
+    (perturbed runs, ``keep``, without gradients)."""
+    return _Fused.apply(drive, h0, w_rec, alpha, activation, return_preact, keep)

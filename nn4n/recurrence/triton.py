@@ -94,10 +94,11 @@ def _tile(alpha_ptr, B, T, N, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _forward_kernel(drive_ptr, h0_ptr, wt_ptr, alpha_ptr, rates_ptr, preact_ptr, z_ptr, B, T, N,
-                    ACT: tl.constexpr, KEEP_V: tl.constexpr, KEEP_Z: tl.constexpr, PRECISION: tl.constexpr,
-                    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """rates (K, B, T+1, N): slot 0 holds f(h0), slot t+1 holds r_t; drive, preact and z are (K, B, T, N)."""
+def _forward_kernel(drive_ptr, h0_ptr, wt_ptr, alpha_ptr, rates_ptr, preact_ptr, z_ptr, keep_ptr, B, T, N,
+                    ACT: tl.constexpr, KEEP_V: tl.constexpr, KEEP_Z: tl.constexpr, HAS_KEEP: tl.constexpr,
+                    PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """rates (K, B, T+1, N): slot 0 holds f(h0), slot t+1 holds r_t; drive, preact and z are (K, B, T, N);
+    keep (B, T, N), the same for every network: 0 where a neuron is silenced."""
     net, trials, row_ok, cols, ok, a, seq, ext, first = _tile(alpha_ptr, B, T, N, BLOCK_B, BLOCK_N)
     wt = wt_ptr + net * BLOCK_N * BLOCK_N
     v = tl.load(h0_ptr + trials[:, None] * N + cols[None, :], mask=ok, other=0.0)
@@ -109,7 +110,12 @@ def _forward_kernel(drive_ptr, h0_ptr, wt_ptr, alpha_ptr, rates_ptr, preact_ptr,
         z = _times_matrix(z, prev + t * N, wt, tl.arange(0, BLOCK_B), row_ok, N, (T + 1) * N,
                           PRECISION, BLOCK_N, BLOCK_K)
         v = v + a * (z - v)
-        tl.store(rates_ptr + ext + (t + 1) * N, _act(v, ACT), mask=ok)
+        if HAS_KEEP:
+            keep = tl.load(keep_ptr + seq - net * B * T * N + t * N, mask=ok, other=1.0)
+            v = v * keep
+            tl.store(rates_ptr + ext + (t + 1) * N, _act(v, ACT) * keep, mask=ok)
+        else:
+            tl.store(rates_ptr + ext + (t + 1) * N, _act(v, ACT), mask=ok)
         if KEEP_V:
             tl.store(preact_ptr + seq + t * N, v, mask=ok)
         if KEEP_Z:
@@ -173,8 +179,11 @@ class TritonRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, drive: torch.Tensor, h0: torch.Tensor, w_rec: torch.Tensor, alpha: torch.Tensor,
-        activation: str, return_preact: bool,
+        activation: str, return_preact: bool, keep: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if keep is not None and any(ctx.needs_input_grad[:4]):
+            raise ValueError("perturb: the triton engine runs perturbations without gradients (torch.no_grad()); "
+                             "the reference engine differentiates through them")
         if not triton_runs_on(drive.device):
             raise ValueError(f"engine 'triton' runs on CUDA tensors (or under TRITON_INTERPRET=1), not {drive.device}")
         d = _stacked(drive, 4)
@@ -188,7 +197,8 @@ class TritonRecurrence(torch.autograd.Function):
         z_all = torch.empty_like(d) if need_z else d
         _forward_kernel[(k * triton.cdiv(b, BLOCK_B),)](
             d, _stacked(h0, 3), _padded(w_rec.mT), _stacked(alpha.expand(w_rec.shape[:-1]), 2), rates, preact, z_all,
-            b, t_len, n, ACT=ACTIVATIONS.index(activation), KEEP_V=keep_v, KEEP_Z=need_z, **_launch_args(d.dtype, n),
+            d if keep is None else keep.contiguous(), b, t_len, n, ACT=ACTIVATIONS.index(activation), KEEP_V=keep_v,
+            KEEP_Z=need_z, HAS_KEEP=keep is not None, **_launch_args(d.dtype, n),
         )
         ctx.activation, ctx.shape = activation, drive.shape
         ctx.save_for_backward(h0, w_rec, alpha, rates, preact if keep_v else None, z_all if need_z else None)
@@ -224,11 +234,12 @@ class TritonRecurrence(torch.autograd.Function):
         g_w = None
         if need[2]:  # slot t of gv pairs with slot t of rates (r_{t-1}); slot T is zero
             g_w = unstack(gv.flatten(1, 2).mT @ rates.flatten(1, 2))
-        return unstack(gv[:, :, :-1]), g_h0, g_w, g_alpha, None, None
+        return unstack(gv[:, :, :-1]), g_h0, g_w, g_alpha, None, None, None
 
 
 
 def run(drive: torch.Tensor, h0: torch.Tensor, w_rec: torch.Tensor, alpha: torch.Tensor, activation: str,
-        return_preact: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Same as :func:`nn4n.recurrence.reference.run`, one Triton kernel per direction."""
-    return TritonRecurrence.apply(drive, h0, w_rec, alpha, activation, return_preact)
+        return_preact: bool = False, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Same as :func:`nn4n.recurrence.reference.run`, one Triton kernel per direction (perturbed runs, ``keep``,
+    without gradients)."""
+    return TritonRecurrence.apply(drive, h0, w_rec, alpha, activation, return_preact, keep)

@@ -1,0 +1,265 @@
+"""Perturbation experiments on a trained network: silence, stimulate or lesion its areas, populations and
+projections (:mod:`nn4n.perturb`) and measure behaviour against the control, on the same held-out trials with
+the same noise.
+
+Per condition (the control first): accuracy with its 95% Wilson interval and the abort rate, scored as in
+training (:func:`nn4n.metrics.trial_outcomes`), or MSE and R^2; the choice bias; where the task has a stimulus
+strength (``cond_<strength>``, 2 choices), the psychometric curve and its logistic fit, ``P(choose 2) =
+sigmoid(slope (s - threshold))`` with ``s`` the signed strength, its slope with a 95% interval (from the fit's
+standard error) and its threshold (the point of subjective equality; NaN where the slope's interval holds 0);
+every number's change from the control; and the mean rate of each area's E and I population at each step.
+
+The choice bias is the share of answered trials (not aborted) choosing 2 minus the share whose correct choice is
+2 (two-choice tasks): 0 for a network that answers as often 2 as the trials call for, +-1 for one that always
+answers the same. The psychometric curve counts an aborted trial as not choosing 2 (as
+:func:`nn4n.figures.psychometric_curve`); read it with the abort rate beside it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from .. import figures
+from ..data import TrialBatch
+from ..evaluate import activity_record, evaluate
+from ..experiment import held_out
+from ..metrics import ABSENT, CORRECT, WRONG
+from ..model import CTRNN, Activity
+from ..perturb import Perturbation, effect
+from ..stats import Z95, wilson
+from ..tasks import TaskKind, TaskSpec
+
+CONTROL = "control"
+# The table's columns after the condition's name: the measures, then their change from the control.
+MEASURES = {TaskKind.CLASSIFICATION: ("accuracy", "accuracy_low", "accuracy_high", "abort_rate", "choice_bias",
+                                      "slope", "slope_low", "slope_high", "threshold"),
+            TaskKind.REGRESSION: ("mse", "r2")}
+CHANGES = {TaskKind.CLASSIFICATION: ("accuracy", "abort_rate", "choice_bias", "slope", "threshold"),
+           TaskKind.REGRESSION: ("mse", "r2")}
+
+
+def survey(structure: Any, epochs: Mapping[str, np.ndarray]) -> dict[str, Perturbation]:
+    """The experiments a first look at a network calls for: silence each area for the whole trial and in each
+    task period that some trial has, and cut each projection between two areas."""
+    found: dict[str, Perturbation] = {}
+    periods = [p for p, bounds in epochs.items() if (np.diff(np.asarray(bounds), axis=-1) > 0).any()]
+    for area in structure.area_names:
+        for window in ((), *((p,) for p in periods)):
+            p = Perturbation("silence", area=area, periods=window)
+            found[p.label] = p
+    for post in structure.area_names:
+        for pre in structure.area_names:
+            if post != pre and structure.rec_mask[structure.area_slices[post], structure.area_slices[pre]].any():
+                p = Perturbation("lesion", projection=f"{post}<-{pre}")
+                found[p.label] = p
+    return found
+
+
+@dataclass
+class Condition:
+    """One condition's results: its measures, the mean rate of each population (``groups``) at each step, and the
+    psychometric data (signed strength, chose 2) where the task has them."""
+
+    name: str
+    perturbation: Perturbation | None
+    measures: dict[str, float]
+    psth: np.ndarray  # (groups, time) mean rate over the trials that last to each step
+    psychometric: tuple[np.ndarray, np.ndarray] | None
+
+
+@dataclass
+class PerturbationResults:
+    """Every condition of one network, the control first."""
+
+    conditions: list[Condition]
+    kind: TaskKind
+    groups: list[str]  # "PFC/E", ...
+    dt: float
+    strength: str
+    record: dict[str, np.ndarray]  # the control's activity record (labels for the figures)
+
+    def table(self) -> tuple[list[str], list[list[Any]]]:
+        """``perturbations.csv``: one row per condition, its perturbation's settings, measures and changes."""
+        measures, changes = MEASURES[self.kind], CHANGES[self.kind]
+        header = ["condition", "kind", "target", "window", *measures, *(f"change_{m}" for m in changes)]
+        control = self.conditions[0].measures
+        rows = []
+        for c in self.conditions:
+            p = c.perturbation
+            target = window = ""
+            if p is not None:
+                target = p.projection or (f"neurons {list(p.neurons)}" if p.neurons is not None else
+                                          "/".join(x for x in (p.area or "all", p.population) if x))
+                target += f" {p.fraction:.0%}" if p.fraction < 1 else ""
+                window = "+".join(p.periods) if p.periods else (f"steps {p.steps[0]}-{p.steps[1]}" if p.steps else "trial")
+            rows.append([c.name, p.kind if p else CONTROL, target, window, *(c.measures[m] for m in measures),
+                         *(c.measures[m] - control[m] for m in changes)])
+        return header, rows
+
+    def summary(self) -> dict[str, float]:
+        """Each condition's headline (accuracy or R^2), for ``summary.json`` and ``nn4n-sweep-summary``."""
+        key = "accuracy" if self.kind is TaskKind.CLASSIFICATION else "r2"
+        return {f"{c.name}/{key}": c.measures[key] for c in self.conditions}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """``activity.npz``: ``psth`` (conditions, groups, time), with ``conditions``, ``groups`` and ``dt``."""
+        return {"psth": np.stack([c.psth for c in self.conditions]), "conditions": np.array([c.name for c in self.conditions]),
+                "groups": np.array(self.groups), "dt": np.array(self.dt)}
+
+    def figures(self) -> dict[str, Figure]:
+        """An overview of every condition's headline, and per perturbation its activity (and psychometric curve)
+        over the control's."""
+        out = {"effects": self._effects()}
+        control = self.conditions[0]
+        for c in self.conditions[1:]:
+            out[f"activity/{c.name}"] = self._activity(control, c)
+            if c.psychometric is not None and control.psychometric is not None:
+                fig = Figure(figsize=(5, 4), layout="constrained")
+                ax = fig.subplots()
+                figures.psychometric_axes(ax, *control.psychometric, color="k", label=CONTROL)
+                figures.psychometric_axes(ax, *c.psychometric, color="C3", label="perturbed")
+                figures.name_psychometric_axes(ax, self.record, self.strength)
+                ax.set_title(c.name, fontsize=9)
+                out[f"psychometric/{c.name}"] = fig
+        return out
+
+    def _effects(self) -> Figure:
+        classification = self.kind is TaskKind.CLASSIFICATION
+        names = [c.name for c in self.conditions]
+        fig = Figure(figsize=(6, 0.3 * len(names) + 1.2), layout="constrained")
+        ax = fig.subplots()
+        y = np.arange(len(names))[::-1]
+        if classification:
+            acc = np.array([c.measures["accuracy"] for c in self.conditions])
+            low = np.array([c.measures["accuracy_low"] for c in self.conditions])
+            high = np.array([c.measures["accuracy_high"] for c in self.conditions])
+            ax.errorbar(acc, y, xerr=[acc - low, high - acc], fmt="o", color="k", ms=4, capsize=2)
+            ax.set_xlabel("accuracy (95% Wilson interval)")
+        else:
+            ax.plot([c.measures["r2"] for c in self.conditions], y, "o", color="k")
+            ax.set_xlabel("R^2")
+        ax.axvline(self.conditions[0].measures["accuracy" if classification else "r2"], color="0.6", lw=0.8)
+        ax.set_yticks(y, names, fontsize=7)
+        return fig
+
+    def _activity(self, control: Condition, c: Condition) -> Figure:
+        areas = list(dict.fromkeys(g.split("/")[0] for g in self.groups))
+        fig = Figure(figsize=(3.2 * len(areas), 2.8), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(1, len(areas), sharey=True))
+        time = np.arange(control.psth.shape[1]) * self.dt
+        for ax, area in zip(axes, areas):
+            for i, group in enumerate(self.groups):
+                if group.split("/")[0] == area:
+                    color = "C0" if group.endswith("/E") else "C3" if group.endswith("/I") else "k"
+                    ax.plot(time, control.psth[i], color=color, lw=1, label=f"{group} control")
+                    ax.plot(time, c.psth[i], color=color, lw=1, ls="--", label=f"{group} perturbed")
+            ax.set_title(area, fontsize=9)
+            ax.set_xlabel("time (ms)")
+            ax.legend(fontsize=6)
+        axes[0].set_ylabel("mean rate")
+        fig.suptitle(c.name, fontsize=9)
+        return fig
+
+
+def _measures(record: dict[str, np.ndarray], outputs: torch.Tensor, batch: TrialBatch, spec: TaskSpec,
+              metrics: dict[str, float], strength: str) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray] | None]:
+    """One condition's measures (see the module's docstring) and its psychometric data."""
+    if spec.kind is TaskKind.REGRESSION:
+        return {"mse": metrics["mse"], "r2": metrics["r2"]}, None
+    nan = math.nan
+    out = {m: nan for m in MEASURES[TaskKind.CLASSIFICATION]} | {"accuracy": metrics.get("accuracy", nan),
+                                                                 "abort_rate": metrics.get("abort_rate", nan)}
+    if "outcome" in record:
+        outcome = record["outcome"]
+        scored = outcome != ABSENT
+        out["accuracy_low"], out["accuracy_high"] = wilson(int((outcome[scored] == CORRECT).sum()), int(scored.sum()))
+        answered = outcome >= WRONG  # not aborted
+        choice, target = record["choice"][answered], record["target_choice"][answered]
+        if set(np.unique(record["target_choice"][scored]).tolist()) == {1, 2} and answered.any():
+            out["choice_bias"] = float((choice == 2).mean() - (target == 2).mean())  # 2s beyond the targets' share
+    data = figures.psychometric_data(record, strength)
+    if data is not None:
+        (bias, slope), cov = figures.psychometric_fit(*data)
+        half = Z95 * math.sqrt(cov[1, 1])
+        sloped = abs(slope) > half  # the interval excludes 0: the curve has a point of subjective equality
+        out |= {"slope": slope, "slope_low": slope - half, "slope_high": slope + half,
+                "threshold": -bias / slope if sloped else nan}
+    return out, data
+
+
+def _psth(activity: Activity, batch: TrialBatch, groups: list[tuple[str, str | None]]) -> np.ndarray:
+    """(groups, time): each population's mean rate over the trials that last to each step (NaN past them all)."""
+    valid = batch.valid.to(activity.rates.dtype)
+    per_step = valid.sum(0)
+    rows = []
+    for area, pop in groups:
+        rates = activity.select(area, pop).mean(-1)  # (trials, time)
+        rows.append((rates * valid).sum(0) / per_step)
+    return torch.stack(rows).cpu().numpy()
+
+
+def run_conditions(model: CTRNN, batch: TrialBatch, spec: TaskSpec, perturbations: Mapping[str, Perturbation], *,
+                   noise: bool = False, seed: int = 0, strength: str = "coh") -> PerturbationResults:
+    """The control and every perturbation of ``model`` on ``batch``'s trials, each run with the same noise draw
+    (``seed``). One-line ValueErrors name a perturbation that does not fit the network or the trials
+    (``<name>.area: unknown area ...``)."""
+    st = model.structure
+    n_trials, n_steps = batch.inputs.shape[:2]
+    effects = {}
+    for name, p in perturbations.items():
+        if name == CONTROL:
+            raise ValueError(f"{name}: the name of the unperturbed run; give the perturbation another name")
+        try:
+            effects[name] = effect([p], st, n_trials, n_steps, batch.epochs, like=batch.inputs)
+        except ValueError as err:
+            raise ValueError(f"{name}.{err}") from None
+    groups = Activity(batch.inputs.new_zeros(0), st).populations()
+    conditions, control_record = [], None
+    for name, eff in {CONTROL: None, **effects}.items():
+        with torch.random.fork_rng(devices=[batch.inputs.device] if batch.inputs.is_cuda else []):
+            torch.manual_seed(seed)
+            metrics, outputs, activity = evaluate(model, batch, spec, noise, eff)
+        record = activity_record(model, batch, outputs, activity, spec)
+        control_record = record if control_record is None else control_record
+        measures, data = _measures(record, outputs, batch, spec, metrics, strength)
+        conditions.append(Condition(name, perturbations.get(name), measures, _psth(activity, batch, groups), data))
+    names = [f"{a}/{p}" if p else a for a, p in groups]
+    return PerturbationResults(conditions, spec.kind, names, spec.dt, strength, control_record)
+
+
+def of_run(run_dir: str | Path, network: int = 0, checkpoint: str = "best", *,
+           perturbations: Mapping[str, Perturbation | Mapping[str, Any]] | None = None, survey_all: bool = True,
+           n_trials: int = 256, seed: int | None = None, noise: bool = False, strength: str = "coh",
+           trust_task_code: bool = False, device: str = "cpu") -> PerturbationResults:
+    """:func:`run_conditions` on network ``network`` of the run in ``run_dir``: ``perturbations`` by name, and
+    with ``survey_all`` the :func:`survey`, on ``n_trials`` of its held-out trials (``seed``: others), on
+    ``device`` (``auto``: CUDA where there is one)."""
+    from ..machine import available_device
+    from .runs import load_run  # the run's files, read as data
+
+    if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
+        raise ValueError(f"analysis.n_trials: must be an integer > 0, got {n_trials!r}")
+    chosen = {}
+    for name, value in (perturbations or {}).items():
+        try:
+            chosen[name] = Perturbation.of(value)
+        except ValueError as err:
+            raise ValueError(f"analysis.perturbations.{name}.{err}") from None
+    model, cfg = load_run(run_dir, checkpoint, network, trust_task_code=trust_task_code)
+    model.to(available_device(device, "device"))
+    trials = held_out(cfg, n_trials, seed)
+    batch = trials.batch(0).to(model.w_rec.device)
+    found = (survey(model.structure, batch.epochs) if survey_all else {}) | chosen
+    if not found:
+        raise ValueError("analysis.perturbations: none given (and analysis.survey=false)")
+    try:
+        return run_conditions(model, batch, trials.spec, found, noise=noise, seed=trials.seed, strength=strength)
+    except ValueError as err:
+        raise ValueError(f"analysis.perturbations.{err}") from None
+

@@ -1,0 +1,166 @@
+"""The perturbation analysis: its statistics against known values, and the science that must hold on small trained
+two-area networks (input area ``sensory``, readout area ``motor``) on PerceptualDecisionMaking."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nn4n.stats import logistic_fit, wilson
+
+FRACTIONS = (0.2, 0.4, 0.6, 0.8, 1.0)
+SUBSET_SEEDS = range(4)
+
+
+def test_wilson_intervals_match_their_published_values() -> None:
+    assert wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert np.isnan(wilson(0, 0)).all()
+
+
+def test_the_logistic_fit_recovers_a_known_slope_within_its_interval() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, 20000)
+    y = (rng.random(x.size) < 1 / (1 + np.exp(-(0.5 + 2.0 * x)))).astype(float)
+    (bias, slope), cov = logistic_fit(x, y)
+    se = np.sqrt(np.diag(cov))
+    assert abs(slope - 2.0) < 3 * se[1] and abs(bias - 0.5) < 3 * se[0] and se[1] < 0.1
+    (_, flat), cov = logistic_fit(x, np.ones_like(x))  # every answer the same: no slope, and a wide interval
+    assert abs(flat) < 1.96 * np.sqrt(cov[1, 1])
+
+
+@pytest.fixture(scope="module")
+def two_area_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two two-area networks (one K=2 run) trained on PerceptualDecisionMaking to ~0.85 (about a minute)."""
+    cwd = tmp_path_factory.mktemp("pdm")
+    done = subprocess.run([sys.executable, "-m", "nn4n", "arch=two_area", "train.steps=500", "train.eval_every=250",
+                           "train.recurrent_lr_scale=16", "train.n_networks=2", "logging=minimal", "hydra.run.dir=run"],
+                          cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((cwd / "run" / "metrics.json").read_text())["accuracy"] >= 0.75
+    return cwd / "run"
+
+
+def experiments(run: Path, perturbations: dict) -> list[dict[str, dict[str, float]]]:
+    """Each network's conditions, by name: their measures."""
+    from nn4n.analysis.perturbations import of_run
+
+    out = []
+    for network in range(2):
+        results = of_run(run, network, perturbations=perturbations, survey_all=False)
+        out.append({c.name: c.measures for c in results.conditions})
+    return out
+
+
+@pytest.mark.slow
+def test_silencing_the_readout_or_the_input_during_the_stimulus_makes_the_choice_blind_to_it(two_area_runs: Path) -> None:
+    """Silencing the readout area for the whole trial, or the input area during the stimulus: the psychometric
+    slope's 95% interval holds 0 (the control's lies above 0); the abort rate says how the trials failed."""
+    for m in experiments(two_area_runs, {"readout": {"kind": "silence", "area": "motor"},
+                                         "input": {"kind": "silence", "area": "sensory", "periods": ["stimulus"]}}):
+        assert m["control"]["slope_low"] > 0, m["control"]
+        for name in ("readout", "input"):
+            assert m[name]["slope_low"] <= 0 <= m[name]["slope_high"], (name, m[name])
+            assert 0 <= m[name]["abort_rate"] <= 1 and np.isnan(m[name]["threshold"])
+
+
+@pytest.mark.slow
+def test_the_input_area_matters_during_the_stimulus_and_carries_the_fixation_cue(two_area_runs: Path) -> None:
+    """Silencing the input area in the decision period only leaves accuracy inside the control's interval (the
+    evidence has moved on); silencing it during the stimulus takes accuracy far below that. Silencing it for the
+    last 60 ms before the stimulus breaks fixation in most trials: the fixation cue, too, enters through it."""
+    for m in experiments(two_area_runs, {
+            "decision": {"kind": "silence", "area": "sensory", "periods": ["decision"]},
+            "stimulus": {"kind": "silence", "area": "sensory", "periods": ["stimulus"]},
+            "before": {"kind": "silence", "area": "sensory", "steps": [2, 5]}}):
+        control, decision, stimulus, before = m["control"], m["decision"], m["stimulus"], m["before"]
+        assert decision["accuracy_high"] >= control["accuracy_low"] and decision["accuracy_low"] <= control["accuracy_high"]
+        assert stimulus["accuracy_high"] < control["accuracy_low"] - 0.3
+        assert before["abort_rate"] > 0.5 > control["abort_rate"]
+
+
+@pytest.mark.slow
+def test_a_larger_silenced_fraction_never_helps(two_area_runs: Path) -> None:
+    """Five nested fractions of the readout area silenced in the decision period, and of the input area during
+    the stimulus, averaged over both networks and four draws of the silenced neurons: accuracy never rises
+    beyond the 95% interval of the pooled trials."""
+    for area, period in (("motor", "decision"), ("sensory", "stimulus")):
+        conditions = {f"{f} {s}": {"kind": "silence", "area": area, "periods": [period], "fraction": f, "seed": s}
+                      for f in FRACTIONS for s in SUBSET_SEEDS}
+        networks = experiments(two_area_runs, conditions)
+        n = 256 * len(networks) * len(SUBSET_SEEDS)
+        mean = [float(np.mean([m[f"{f} {s}"]["accuracy"] for m in networks for s in SUBSET_SEEDS])) for f in FRACTIONS]
+        control = float(np.mean([m["control"]["accuracy"] for m in networks]))
+        for before, after in zip([control, *mean], mean):
+            low, high = wilson(round(after * n), n)
+            assert after <= before + (high - low) / 2, (area, [control, *mean])
+        assert mean[-1] < control - 0.3, (area, mean)
+
+
+def nn4n_analyze(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "from nn4n.analyze import main; main()", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_nn4n_analyze_writes_the_table_activity_figures_and_headlines(two_area_runs: Path, tmp_path: Path) -> None:
+    """The survey (every area silenced in every period, every projection cut) and one named perturbation, for
+    each network of the run: the csv table, the mean activity, TensorBoard figures read back, and the
+    headlines nn4n-sweep-summary shows (mean over the two networks)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    done = nn4n_analyze("analysis=perturbations", f"run={two_area_runs}", f"out={tmp_path / 'out'}",
+                        "+analysis.perturbations.motor_E={kind: silence, area: motor, population: E, fraction: 0.5}",
+                        cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    names = ["control", "motor_E", *(f"silence {a}{w}" for a in ("sensory", "motor")
+                                     for w in ("", " during fixation", " during stimulus", " during decision")),
+             "lesion sensory<-motor", "lesion motor<-sensory"]
+    summaries = []
+    for k in range(2):
+        folder = tmp_path / "out" / "networks" / str(k) / "analysis" / "perturbations"
+        with open(folder / "perturbations.csv") as f:
+            rows = {row["condition"]: row for row in csv.DictReader(f)}
+        assert sorted(rows) == sorted(names)
+        assert rows["motor_E"]["target"] == "motor/E 50%" and rows["motor_E"]["window"] == "trial"
+        for row in rows.values():
+            assert float(row["change_accuracy"]) == pytest.approx(float(row["accuracy"]) - float(rows["control"]["accuracy"]))
+            assert float(row["accuracy_low"]) <= float(row["accuracy"]) <= float(row["accuracy_high"])
+        activity = np.load(folder / "activity.npz")
+        assert activity["psth"].shape[:2] == (len(names), 4) and list(activity["groups"]) == ["sensory/E", "sensory/I", "motor/E", "motor/I"]
+        silenced = list(activity["conditions"]).index("silence motor")
+        assert np.nanmax(activity["psth"][silenced, 2:]) == 0 and np.nanmax(activity["psth"][0, 2:]) > 0
+        summaries.append(json.loads((folder / "summary.json").read_text()))
+        tags = EventAccumulator(str(tmp_path / "out" / "networks" / str(k) / "tensorboard")).Reload().Tags()["images"]
+        assert {"analysis/perturbations/effects", "analysis/perturbations/activity/motor_E",
+                "analysis/perturbations/psychometric/lesion motor<-sensory"} <= set(tags)
+    assert not (two_area_runs / "networks" / "0" / "analysis").exists()  # out= leaves the run folder alone
+
+    from nn4n.sweep import analysis_headlines
+
+    headlines = analysis_headlines(tmp_path / "out")
+    assert headlines["perturbations.motor_E/accuracy"] == pytest.approx(np.mean([s["motor_E/accuracy"] for s in summaries]))
+    assert headlines["perturbations.control/accuracy_sd"] == pytest.approx(np.std([s["control/accuracy"] for s in summaries], ddof=1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("override", "message"), [
+    ("+analysis.perturbations.x={kind: silence, area: PFC}", "analysis.perturbations.x.area: unknown area 'PFC'; areas: sensory, motor"),
+    ("+analysis.perturbations.x={kind: silence, area: motor, population: X}", "analysis.perturbations.x.population: must be 'E', 'I'"),
+    ("+analysis.perturbations.x={kind: silence, area: motor, periods: [delai]}", "analysis.perturbations.x.periods: unknown period 'delai'"),
+    ("+analysis.perturbations.x={kind: lesion, projection: 'motor<-PFC'}", "analysis.perturbations.x.projection: unknown area 'PFC'"),
+    ("+analysis.perturbations.x={kind: silence, area: motor, fraction: 1.5}", "analysis.perturbations.x.fraction: must be a number in [0, 1], got 1.5"),
+    ("+analysis.perturbations.x={kind: silence, area: motor, steps: [100, 900]}", "analysis.perturbations.x.steps: [100, 900) is outside the trials'"),
+])
+def test_bad_perturbations_exit_2_in_one_line(two_area_runs: Path, tmp_path: Path, override: str, message: str) -> None:
+    done = nn4n_analyze("analysis=perturbations", f"run={two_area_runs}", f"out={tmp_path / 'out'}", "analysis.survey=false",
+                        override, cwd=tmp_path)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and message in lines[0], done.stderr[-2000:]
+    assert not list((tmp_path / "out").rglob("perturbations.csv"))

@@ -328,8 +328,9 @@ class CTRNN(nn.Module):
         ``inputs`` (K, batch, time, input_size) and every result have the same leading K.
         """
         _check_inputs(inputs, h0, w, self.config.input_size)
-        if effect is not None:
-            w = effect.on(w)
+        if effect is not None:  # lesions
+            w = dataclasses.replace(w, w_rec=w.w_rec if effect.w_rec is None else w.w_rec * effect.w_rec,
+                                    w_out=w.w_out if effect.w_out is None else w.w_out * effect.w_out.unsqueeze(-2))
         noisy = self.training if noise is None else noise
         alpha = _per_neuron(w.alpha)
         u = time_major(inputs)  # the drive is made time-major: each step of the loop is one contiguous block

@@ -28,7 +28,6 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-    from .model import Weights
     from .structure import Structure
 
 KINDS = ("silence", "stimulate", "lesion")
@@ -136,15 +135,6 @@ class Effect:
     current: torch.Tensor | None = None  # (B, T, N): added to the input drive
     w_rec: torch.Tensor | None = None  # (N, N) or (K, N, N): multiplies the recurrent weights (0: lesioned)
     w_out: torch.Tensor | None = None  # (N,) or (K, N): multiplies the readout's columns
-
-    def on(self, w: Weights) -> Weights:
-        """The weights ``w`` with the lesions applied."""
-        changed = {}
-        if self.w_rec is not None:
-            changed["w_rec"] = w.w_rec * self.w_rec
-        if self.w_out is not None:
-            changed["w_out"] = w.w_out * self.w_out.unsqueeze(-2)
-        return dataclasses.replace(w, **changed)
 
     @classmethod
     def stack(cls, effects: Sequence[Effect]) -> Effect:

@@ -232,9 +232,9 @@ def main() -> None:
         write(sections, when, selected, args)
 
 
-def replace_between(path: Path, name: str, text: str) -> None:
-    """Replace what lies between ``<!-- name: scripts/results.py -->`` and ``<!-- end of name -->`` in ``path``."""
-    begin, end = f"<!-- {name}: scripts/results.py -->", f"<!-- end of {name} -->"
+def replace_between(path: Path, name: str, text: str, script: str = "scripts/results.py") -> None:
+    """Replace what lies between ``<!-- name: script -->`` and ``<!-- end of name -->`` in ``path``."""
+    begin, end = f"<!-- {name}: {script} -->", f"<!-- end of {name} -->"
     old = path.read_text()
     path.write_text(old.split(begin)[0] + f"{begin}\n{text}\n{end}" + old.split(end)[1])
 

@@ -164,3 +164,24 @@ def test_bad_perturbations_exit_2_in_one_line(two_area_runs: Path, tmp_path: Pat
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and message in lines[0], done.stderr[-2000:]
     assert not list((tmp_path / "out").rglob("perturbations.csv"))
+
+
+def test_a_regression_network_is_measured_by_mse_and_r2_against_its_control() -> None:
+    """On a regression task the table holds MSE and R^2; a lesion of every readout synapse leaves the outputs at
+    the readout's bias, whose MSE is the targets' mean square around it, and changes are perturbed - control."""
+    from nn4n import CTRNN
+    from nn4n.analysis.perturbations import run_conditions
+    from nn4n.data import TrialSampler
+    from nn4n.metrics import masked_mse
+
+    sampler = TrialSampler("SineWave-v0", dt=20, batch_size=32, seed=0, decision_period=None)
+    spec, batch = sampler.spec, sampler.batch(0)
+    net = CTRNN({"areas": {"A": {"size": 32}}, "input_size": spec.n_inputs, "output_size": spec.n_outputs, "out_bias": True})
+    results = run_conditions(net, batch, spec, {"mute": {"kind": "lesion", "area": "A"}})
+    header, rows = results.table()
+    assert header == ["condition", "kind", "target", "window", "mse", "r2", "change_mse", "change_r2"]
+    control, mute = rows
+    bias = net.b_out.detach().expand_as(batch.targets)
+    assert mute[4] == pytest.approx(masked_mse(bias, batch), rel=1e-6)
+    assert mute[6] == pytest.approx(mute[4] - control[4]) and mute[7] == pytest.approx(mute[5] - control[5])
+    assert results.summary() == {"control/r2": control[5], "mute/r2": mute[5]}

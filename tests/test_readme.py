@@ -95,7 +95,7 @@ def test_loading_a_run_in_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def analysis_runs() -> list[str]:
-    blocks = "\n".join(re.findall(r"```bash\n(.*?)```", DOCS, re.S))
+    blocks = "\n".join(re.findall(r"```bash\n(.*?)```", DOCS, re.S)).replace("\\\n", " ")  # continued lines as one
     return sorted({line.split("#")[0].strip() for line in blocks.splitlines() if line.startswith("nn4n-analyze ")})
 
 
@@ -105,7 +105,8 @@ def test_analysis_command_composes_and_validates(run: str) -> None:
     from nn4n.analyze import _settings
 
     overrides = [arg for arg in shlex.split(run)[1:] if arg != "-m"]
-    overrides = [o.split(",")[0] if o.startswith("analysis.start_noise=") else o for o in overrides]  # a sweep's first value
+    # a sweep's first value (a value with brackets or braces is one list or dict, not a sweep)
+    overrides = [o.split(",")[0] if "-m" in run and not re.search(r"[\[{]", o) else o for o in overrides]
     with initialize_config_module("nn4n_configs", version_base="1.3"):
         composed = compose("analyze", overrides)
     _, settings = _settings(composed)

@@ -204,19 +204,21 @@ def _psth(activity: Activity, batch: TrialBatch, groups: list[tuple[str, str | N
     return torch.stack(rows).cpu().numpy()
 
 
-def run_conditions(model: CTRNN, batch: TrialBatch, spec: TaskSpec, perturbations: Mapping[str, Perturbation], *,
+def run_conditions(model: CTRNN, batch: TrialBatch, spec: TaskSpec,
+                   perturbations: Mapping[str, Perturbation | Mapping[str, Any]], *,
                    noise: bool = False, seed: int = 0, strength: str = "coh") -> PerturbationResults:
     """The control and every perturbation of ``model`` on ``batch``'s trials, each run with the same noise draw
     (``seed``). One-line ValueErrors name a perturbation that does not fit the network or the trials
     (``<name>.area: unknown area ...``)."""
     st = model.structure
     n_trials, n_steps = batch.inputs.shape[:2]
-    effects = {}
-    for name, p in perturbations.items():
+    chosen, effects = {}, {}
+    for name, value in perturbations.items():
         if name == CONTROL:
             raise ValueError(f"{name}: the name of the unperturbed run; give the perturbation another name")
         try:
-            effects[name] = effect([p], st, n_trials, n_steps, batch.epochs, like=batch.inputs)
+            chosen[name] = Perturbation.of(value)
+            effects[name] = effect([chosen[name]], st, n_trials, n_steps, batch.epochs, like=batch.inputs)
         except ValueError as err:
             raise ValueError(f"{name}.{err}") from None
     groups = Activity(batch.inputs.new_zeros(0), st).populations()
@@ -228,7 +230,7 @@ def run_conditions(model: CTRNN, batch: TrialBatch, spec: TaskSpec, perturbation
         record = activity_record(model, batch, outputs, activity, spec)
         control_record = record if control_record is None else control_record
         measures, data = _measures(record, outputs, batch, spec, metrics, strength)
-        conditions.append(Condition(name, perturbations.get(name), measures, _psth(activity, batch, groups), data))
+        conditions.append(Condition(name, chosen.get(name), measures, _psth(activity, batch, groups), data))
     names = [f"{a}/{p}" if p else a for a, p in groups]
     return PerturbationResults(conditions, spec.kind, names, spec.dt, strength, control_record)
 
@@ -245,17 +247,11 @@ def of_run(run_dir: str | Path, network: int = 0, checkpoint: str = "best", *,
 
     if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
         raise ValueError(f"analysis.n_trials: must be an integer > 0, got {n_trials!r}")
-    chosen = {}
-    for name, value in (perturbations or {}).items():
-        try:
-            chosen[name] = Perturbation.of(value)
-        except ValueError as err:
-            raise ValueError(f"analysis.perturbations.{name}.{err}") from None
     model, cfg = load_run(run_dir, checkpoint, network, trust_task_code=trust_task_code)
     model.to(available_device(device, "device"))
     trials = held_out(cfg, n_trials, seed)
     batch = trials.batch(0).to(model.w_rec.device)
-    found = (survey(model.structure, batch.epochs) if survey_all else {}) | chosen
+    found = (survey(model.structure, batch.epochs) if survey_all else {}) | dict(perturbations or {})
     if not found:
         raise ValueError("analysis.perturbations: none given (and analysis.survey=false)")
     try:

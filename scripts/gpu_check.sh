@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CUDA check for a lent GPU machine (no internet; under 5 minutes): the engine and ensemble tests on
+# CUDA check for a lent GPU machine (no internet; under 5 minutes): the engine, ensemble and perturbation tests on
 # cpu and cuda (the triton engine compiled on cuda, interpreted on cpu), then the quick CUDA benchmark
 # (speed in fp32 and TF32, K networks at once, nn4n-train iteration).
 # Prints everything; exits non-zero if either part fails. Runs this checkout's nn4n, installed or not.
@@ -31,8 +31,8 @@ assert torch.cuda.is_available(), "no CUDA device"
 EOF
 
 status=0
-echo "== pytest engines and ensembles (cpu + cuda)"
-timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_engines.py tests/test_ensemble.py -k "not nn4n_train" || status=1
+echo "== pytest engines, ensembles and perturbations (cpu + cuda)"
+timeout 180 "$PY" -m pytest -q -p no:cacheprovider tests/test_engines.py tests/test_ensemble.py tests/test_perturb.py -k "not nn4n_train" || status=1
 echo "== scripts/bench.py --device cuda --quick"
 timeout 150 "$PY" scripts/bench.py --device cuda --quick || status=1
 exit $status

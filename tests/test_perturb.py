@@ -15,42 +15,46 @@ from nn4n.perturb import Perturbation, effect
 from nn4n.recurrence import ACTIVATIONS, installed_engines
 
 ENGINES = installed_engines()
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 TWO_AREAS = {"areas": {"A": {"size": 24}, "B": {"size": 16}}, "input_size": 3, "output_size": 3, "activation": "relu",
              "projections": {"B": {"A": 0.3}, "A": {"B": 0.1}}, "noise": {"rec": 0.05, "input": 0.02}, "rec_bias": True}
 INPUTS = torch.randn(6, 30, 3, generator=torch.Generator().manual_seed(0))
 
 
-def network(engine: str = "reference", **changes: object) -> CTRNN:
+def network(engine: str = "reference", device: str = "cpu", **changes: object) -> CTRNN:
     net = CTRNN({**TWO_AREAS, **changes}, engine).eval()
     with torch.no_grad():
         net.b_rec.uniform_(-0.3, 0.3, generator=torch.Generator().manual_seed(1))
-    return net
+    return net.to(device)
 
 
 def noisy_run(net: CTRNN, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Outputs, rates and v with the network's noise, drawn from seed 0 on every call."""
     torch.manual_seed(0)
     with torch.no_grad():
-        out, act = net(INPUTS, noise=True, return_preact=True, **kwargs)
+        out, act = net(INPUTS.to(net.w_rec.device), noise=True, return_preact=True, **kwargs)
     return out, act.rates, act.preact
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("engine", ENGINES)
-def test_a_perturbation_of_size_zero_is_the_control_bit_for_bit(engine: str) -> None:
+def test_a_perturbation_of_size_zero_is_the_control_bit_for_bit(engine: str, device: str) -> None:
     """Silencing no neuron, stimulating with 0 and cutting no synapse change nothing, noise included."""
-    net = network(engine)
+    net = network(engine, device)
     nothing = [{"kind": "silence", "area": "A", "fraction": 0.0}, {"kind": "stimulate", "area": "B", "current": 0.0},
                {"kind": "lesion", "projection": "B<-A", "fraction": 0.0}]
     for got, want in zip(noisy_run(net, perturb=nothing), noisy_run(net)):
         assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("engine", ENGINES)
-def test_silenced_neurons_rest_through_the_window_and_restart_from_rest(engine: str, activation: str) -> None:
+def test_silenced_neurons_rest_through_the_window_and_restart_from_rest(engine: str, activation: str, device: str) -> None:
     """In steps [10, 20) area A's rates and v are 0 (sigmoid's and softplus' too, whose f(0) is not 0); before,
     every value is the control's; at step 20 a silenced neuron takes one step from v = 0."""
-    net = network(engine, activation=activation)
+    net = network(engine, device, activation=activation)
+    inputs = INPUTS.to(device)
     out, rates, v = noisy_run(net, perturb=[{"kind": "silence", "area": "A", "steps": [10, 20]}])
     out0, rates0, v0 = noisy_run(net)
     a_idx = net.structure.indices("A")
@@ -59,9 +63,9 @@ def test_silenced_neurons_rest_through_the_window_and_restart_from_rest(engine: 
     assert not torch.equal(rates[:, 20:], rates0[:, 20:])
     # step 20 from v = 0: v_20 = alpha * z_20 with z = W r_19 + drive_20 (noise redrawn the same: zero it here)
     with torch.no_grad():
-        _, act = net(INPUTS, noise=False, return_preact=True, perturb=[{"kind": "silence", "area": "A", "steps": [10, 20]}])
+        _, act = net(inputs, noise=False, return_preact=True, perturb=[{"kind": "silence", "area": "A", "steps": [10, 20]}])
         w = net.effective_weights()
-        drive = INPUTS[:, 20] @ w.w_in.T + w.b_rec
+        drive = inputs[:, 20] @ w.w_in.T + w.b_rec
         z = act.rates[:, 19] @ w.w_rec.T + drive
         want = net.alpha * z
     torch.testing.assert_close(act.preact[:, 20, a_idx], want[:, a_idx], rtol=1e-5, atol=1e-6)
@@ -140,17 +144,19 @@ def test_lesions_remove_exactly_the_synapses_they_name() -> None:
         assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("engine", ENGINES)
-def test_k_networks_are_perturbed_each_as_on_its_own(engine: str) -> None:
+def test_k_networks_are_perturbed_each_as_on_its_own(engine: str, device: str) -> None:
     """An ensemble's network k, perturbed, gives what the same network perturbed alone gives (each its own
     fraction of its own projection's synapses)."""
-    ens = Ensemble({**TWO_AREAS, "noise": {"rec": 0.0, "input": 0.0}}, 3, engine).eval()
+    ens = Ensemble({**TWO_AREAS, "noise": {"rec": 0.0, "input": 0.0}}, 3, engine).eval().to(device)
+    inputs = INPUTS.to(device)
     perturb = [{"kind": "silence", "area": "A", "population": "I", "steps": [4, 12]},
                {"kind": "lesion", "projection": "B<-A", "fraction": 0.5}, {"kind": "stimulate", "area": "B", "current": 0.3}]
     with torch.no_grad():
-        outputs, activities = ens(INPUTS.expand(3, *INPUTS.shape), perturb=perturb)
+        outputs, activities = ens(inputs.expand(3, *inputs.shape), perturb=perturb)
         for k, net in enumerate(ens.networks):
-            out, act = net(INPUTS, perturb=perturb)
+            out, act = net(inputs, perturb=perturb)
             torch.testing.assert_close(outputs[k], out, rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(activities[k].rates, act.rates, rtol=1e-5, atol=1e-6)
 

@@ -185,3 +185,24 @@ def test_a_regression_network_is_measured_by_mse_and_r2_against_its_control() ->
     assert mute[4] == pytest.approx(masked_mse(bias, batch), rel=1e-6)
     assert mute[6] == pytest.approx(mute[4] - control[4]) and mute[7] == pytest.approx(mute[5] - control[5])
     assert results.summary() == {"control/r2": control[5], "mute/r2": mute[5]}
+
+
+@pytest.mark.slow
+def test_activity_from_run_perturbs_the_same_trials_and_noise_as_its_control(two_area_runs: Path) -> None:
+    """A perturbation of size 0 is the control bit for bit, noise included; a window leaves every step before it
+    as the control's and the silenced neurons' recorded rates 0 inside it (each network of the K-network run)."""
+    from nn4n.analysis import activity_from_run, neurons
+
+    for network in range(2):
+        control = activity_from_run(two_area_runs, n_trials=64, network=network, noise=True)
+        nothing = activity_from_run(two_area_runs, n_trials=64, network=network, noise=True,
+                                    perturb=[{"kind": "silence", "area": "motor", "fraction": 0.0}])
+        for key in ("rates", "outputs", "outcome"):
+            np.testing.assert_array_equal(nothing[key], control[key])
+        delay = activity_from_run(two_area_runs, n_trials=64, network=network, noise=True,
+                                  perturb=[{"kind": "silence", "area": "sensory", "population": "E", "periods": ["stimulus"]}])
+        start, end = control["epoch_stimulus"].T
+        exc = neurons(control, "sensory", "E")
+        for trial in range(64):
+            np.testing.assert_array_equal(delay["rates"][trial, :start[trial]], control["rates"][trial, :start[trial]])
+            assert (delay["rates"][trial, start[trial]:end[trial]][:, exc] == 0).all()

@@ -3,6 +3,7 @@ network's own files (``analysis/<name>/``) and its figures into the network's Te
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,17 +59,26 @@ def _perturbations(target: Any, config: AnalyzeConfig, settings: Any, folder: Pa
     from .analysis import perturbations as pt
     from .analysis.results import write_arrays, write_figures, write_json, write_table
 
+    from .evaluate import save_activity
+
     found = pt.of_run(target.run, target.network, config.checkpoint, perturbations=settings.perturbations,
                       survey_all=settings.survey, n_trials=settings.n_trials, seed=settings.seed, noise=settings.noise,
-                      strength=settings.strength, trust_task_code=config.trust_task_code, device=config.device)
+                      strength=settings.strength, keep_records=settings.save_activity,
+                      trust_task_code=config.trust_task_code, device=config.device)
     folder.mkdir(parents=True, exist_ok=True)
     write_table(folder / "perturbations.csv", *found.table())
     write_arrays(folder / "activity.npz", found.arrays())
     write_json(folder / "summary.json", found.summary())
+    if settings.save_activity:
+        (folder / "activity").mkdir(exist_ok=True)
+        for i, c in enumerate(found.conditions):
+            slug = re.sub(r"[^\w.-]+", "_", c.name)
+            save_activity(folder / "activity" / f"{i:02d}_{slug}.npz", c.record)
     write_figures(target, settings.name, found.figures())
-    header, rows = found.table()
-    worst = min(rows[1:], key=lambda row: row[4])
-    return f"{len(rows) - 1} perturbations; control {header[4]} {rows[0][4]:.3f}, lowest {worst[4]:.3f} ({worst[0]})"
+    key, control, *perturbed = found.headline, *found.conditions
+    worst = min(perturbed, key=lambda c: c.measures[key])
+    return (f"{len(perturbed)} perturbations; control {key} {control.measures[key]:.3f}, "
+            f"lowest {worst.measures[key]:.3f} ({worst.name})")
 
 
 ANALYZE = {"fixed_points": _fixed_points, "perturbations": _perturbations}

@@ -172,6 +172,7 @@ class PerturbationsSettings:
     seed: int | None = None  # held-out trials (None: the run's own)
     noise: bool = False  # the network's noise, the same draw in every condition
     strength: str = "coh"  # the condition whose signed value is the psychometric curve's axis
+    save_activity: bool = False  # every condition's activity record in analysis/perturbations/activity/
 
     def __post_init__(self) -> None:
         from .perturb import Perturbation

@@ -206,3 +206,20 @@ def test_activity_from_run_perturbs_the_same_trials_and_noise_as_its_control(two
         for trial in range(64):
             np.testing.assert_array_equal(delay["rates"][trial, :start[trial]], control["rates"][trial, :start[trial]])
             assert (delay["rates"][trial, start[trial]:end[trial]][:, exc] == 0).all()
+
+
+@pytest.mark.slow
+def test_saved_activity_is_each_conditions_record(two_area_runs: Path, tmp_path: Path) -> None:
+    """``analysis.save_activity=true``: each condition's activity record, the rates activity_from_run gives."""
+    from nn4n.analysis import activity_from_run
+
+    perturbation = {"kind": "lesion", "projection": "motor<-sensory", "fraction": 0.5}
+    done = nn4n_analyze("analysis=perturbations", f"run={two_area_runs}", f"out={tmp_path / 'out'}", "network=1",
+                        "analysis.survey=false", "analysis.n_trials=32", "analysis.save_activity=true",
+                        "+analysis.perturbations.cut={kind: lesion, projection: 'motor<-sensory', fraction: 0.5}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder = tmp_path / "out" / "networks" / "1" / "analysis" / "perturbations" / "activity"
+    assert sorted(p.name for p in folder.iterdir()) == ["00_control.npz", "01_cut.npz"]
+    for name, perturb in (("00_control.npz", None), ("01_cut.npz", [perturbation])):
+        want = activity_from_run(two_area_runs, n_trials=32, network=1, perturb=perturb)
+        np.testing.assert_array_equal(np.load(folder / name)["rates"], want["rates"])

@@ -71,6 +71,7 @@ class Condition:
     measures: dict[str, float]
     psth: np.ndarray  # (groups, time) mean rate over the trials that last to each step
     psychometric: tuple[np.ndarray, np.ndarray] | None
+    record: dict[str, np.ndarray] | None  # the activity record (the control's always; the others' on request)
 
 
 @dataclass
@@ -82,7 +83,6 @@ class PerturbationResults:
     groups: list[str]  # "PFC/E", ...
     dt: float
     strength: str
-    record: dict[str, np.ndarray]  # the control's activity record (labels for the figures)
 
     def table(self) -> tuple[list[str], list[list[Any]]]:
         """``perturbations.csv``: one row per condition, its perturbation's settings, measures and changes."""
@@ -102,10 +102,14 @@ class PerturbationResults:
                          *(c.measures[m] - control[m] for m in changes)])
         return header, rows
 
+    @property
+    def headline(self) -> str:
+        """The measure a condition is summarised by: accuracy, or R^2."""
+        return "accuracy" if self.kind is TaskKind.CLASSIFICATION else "r2"
+
     def summary(self) -> dict[str, float]:
-        """Each condition's headline (accuracy or R^2), for ``summary.json`` and ``nn4n-sweep-summary``."""
-        key = "accuracy" if self.kind is TaskKind.CLASSIFICATION else "r2"
-        return {f"{c.name}/{key}": c.measures[key] for c in self.conditions}
+        """Each condition's headline measure, for ``summary.json`` and ``nn4n-sweep-summary``."""
+        return {f"{c.name}/{self.headline}": c.measures[self.headline] for c in self.conditions}
 
     def arrays(self) -> dict[str, np.ndarray]:
         """``activity.npz``: ``psth`` (conditions, groups, time), with ``conditions``, ``groups`` and ``dt``."""
@@ -124,7 +128,7 @@ class PerturbationResults:
                 ax = fig.subplots()
                 figures.psychometric_axes(ax, *control.psychometric, color="k", label=CONTROL)
                 figures.psychometric_axes(ax, *c.psychometric, color="C3", label="perturbed")
-                figures.name_psychometric_axes(ax, self.record, self.strength)
+                figures.name_psychometric_axes(ax, control.record, self.strength)
                 ax.set_title(c.name, fontsize=9)
                 out[f"psychometric/{c.name}"] = fig
         return out
@@ -144,7 +148,7 @@ class PerturbationResults:
         else:
             ax.plot([c.measures["r2"] for c in self.conditions], y, "o", color="k")
             ax.set_xlabel("R^2")
-        ax.axvline(self.conditions[0].measures["accuracy" if classification else "r2"], color="0.6", lw=0.8)
+        ax.axvline(self.conditions[0].measures[self.headline], color="0.6", lw=0.8)
         ax.set_yticks(y, names, fontsize=7)
         return fig
 
@@ -206,9 +210,10 @@ def _psth(activity: Activity, batch: TrialBatch, groups: list[tuple[str, str | N
 
 def run_conditions(model: CTRNN, batch: TrialBatch, spec: TaskSpec,
                    perturbations: Mapping[str, Perturbation | Mapping[str, Any]], *,
-                   noise: bool = False, seed: int = 0, strength: str = "coh") -> PerturbationResults:
+                   noise: bool = False, seed: int = 0, strength: str = "coh", keep_records: bool = False) -> PerturbationResults:
     """The control and every perturbation of ``model`` on ``batch``'s trials, each run with the same noise draw
-    (``seed``). One-line ValueErrors name a perturbation that does not fit the network or the trials
+    (``seed``); ``keep_records`` keeps every condition's activity record (~20 MB each for 256 trials of 192
+    neurons), not only the control's. One-line ValueErrors name a perturbation that does not fit the network or the trials
     (``<name>.area: unknown area ...``)."""
     st = model.structure
     n_trials, n_steps = batch.inputs.shape[:2]
@@ -222,23 +227,23 @@ def run_conditions(model: CTRNN, batch: TrialBatch, spec: TaskSpec,
         except ValueError as err:
             raise ValueError(f"{name}.{err}") from None
     groups = Activity(batch.inputs.new_zeros(0), st).populations()
-    conditions, control_record = [], None
+    conditions = []
     for name, eff in {CONTROL: None, **effects}.items():
         with torch.random.fork_rng(devices=[batch.inputs.device] if batch.inputs.is_cuda else []):
             torch.manual_seed(seed)
             metrics, outputs, activity = evaluate(model, batch, spec, noise, eff)
         record = activity_record(model, batch, outputs, activity, spec)
-        control_record = record if control_record is None else control_record
         measures, data = _measures(record, outputs, batch, spec, metrics, strength)
-        conditions.append(Condition(name, chosen.get(name), measures, _psth(activity, batch, groups), data))
+        kept = record if keep_records or not conditions else None
+        conditions.append(Condition(name, chosen.get(name), measures, _psth(activity, batch, groups), data, kept))
     names = [f"{a}/{p}" if p else a for a, p in groups]
-    return PerturbationResults(conditions, spec.kind, names, spec.dt, strength, control_record)
+    return PerturbationResults(conditions, spec.kind, names, spec.dt, strength)
 
 
 def of_run(run_dir: str | Path, network: int = 0, checkpoint: str = "best", *,
            perturbations: Mapping[str, Perturbation | Mapping[str, Any]] | None = None, survey_all: bool = True,
            n_trials: int = 256, seed: int | None = None, noise: bool = False, strength: str = "coh",
-           trust_task_code: bool = False, device: str = "cpu") -> PerturbationResults:
+           keep_records: bool = False, trust_task_code: bool = False, device: str = "cpu") -> PerturbationResults:
     """:func:`run_conditions` on network ``network`` of the run in ``run_dir``: ``perturbations`` by name, and
     with ``survey_all`` the :func:`survey`, on ``n_trials`` of its held-out trials (``seed``: others), on
     ``device`` (``auto``: CUDA where there is one)."""
@@ -255,7 +260,8 @@ def of_run(run_dir: str | Path, network: int = 0, checkpoint: str = "best", *,
     if not found:
         raise ValueError("analysis.perturbations: none given (and analysis.survey=false)")
     try:
-        return run_conditions(model, batch, trials.spec, found, noise=noise, seed=trials.seed, strength=strength)
+        return run_conditions(model, batch, trials.spec, found, noise=noise, seed=trials.seed, strength=strength,
+                              keep_records=keep_records)
     except ValueError as err:
         raise ValueError(f"analysis.perturbations.{err}") from None
 

@@ -64,8 +64,9 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=100)
     args = parser.parse_args()
-    kernels = {"forward": (triton_engine._forward_kernel, {"KEEP_V": True, "KEEP_Z": True}),
-               "backward": (triton_engine._backward_kernel, {"HAS_GP": True})}
+    kernels = {"forward": (triton_engine._forward_kernel, {"KEEP_V": True, "KEEP_Z": True, "HAS_KEEP": False}),
+               "backward": (triton_engine._backward_kernel, {"HAS_GP": True}),
+               "perturbed": (triton_engine._forward_kernel, {"KEEP_V": True, "KEEP_Z": False, "HAS_KEEP": True})}
     print(f"triton {triton.__version__}, batch {args.batch}, T {args.steps}")
     print(f"{'arch':>5} {'precision':>9} {'N':>5} {'warps':>5} {'kernel':>8} {'registers':>9} {'spilled B':>9}")
     spills = 0

@@ -180,7 +180,7 @@ def _window(p: Perturbation, n_trials: int, n_steps: int, epochs: Mapping[str, n
         start, stop = p.steps
         if stop > n_steps:
             raise ValueError(f"steps: [{start}, {stop}) is outside the trials' {n_steps} steps")
-        return np.broadcast_to((steps >= start) & (steps < stop), (n_trials, n_steps))
+        return np.tile((steps >= start) & (steps < stop), (n_trials, 1))
     if not p.periods:
         return np.ones((n_trials, n_steps), bool)
     if epochs is None:
@@ -200,10 +200,11 @@ def effect(perturb: Iterable[Perturbation | Mapping[str, Any]], structure: Struc
            epochs: Mapping[str, np.ndarray] | None = None, like: torch.Tensor | None = None) -> Effect:
     """What ``perturb`` does to a network of ``structure`` on ``n_trials`` x ``n_steps`` trials (``epochs``:
     the trials' periods, ``TrialBatch.epochs``, for windows given as periods), on the device and in the dtype of
-    ``like``."""
+    ``like`` (float32 on the CPU without it)."""
     import torch
 
     st, n = structure, structure.n_neurons
+    like = like if like is not None else torch.empty(0)
     keep = current = rec = out = None
     for p in map(Perturbation.of, perturb):
         if p.kind == "lesion":
@@ -218,19 +219,23 @@ def effect(perturb: Iterable[Perturbation | Mapping[str, Any]], structure: Struc
                 out = np.ones(n, np.float32) if out is None else out
                 rec[:, neurons] = out[neurons] = 0.0
             continue
-        neurons, window = _group(p, st), _window(p, n_trials, n_steps, epochs)
-        if p.kind == "silence":
-            keep = np.ones((n_trials, n_steps, n), np.float32) if keep is None else keep
-            keep[..., neurons] *= ~window[..., None]
+        neurons = _group(p, st)
+        window = torch.as_tensor(_window(p, n_trials, n_steps, epochs), device=like.device)[..., None]
+        if p.kind == "silence":  # built where it is used, by broadcasting: (B, T, N) is ~26 MB at N=256, B=256, T=100
+            in_group = torch.zeros(n, dtype=torch.bool)
+            in_group[neurons] = True
+            keep = like.new_ones(n_trials, n_steps, n) if keep is None else keep
+            keep.masked_fill_(window & in_group.to(like.device), 0.0)
         else:
             values = np.asarray(p.current, np.float32)
             if values.ndim and values.size != neurons.size:
                 raise ValueError(f"current: {values.size} values for a group of {neurons.size} neurons")
             per_neuron = np.zeros(n, np.float32)
             per_neuron[neurons] = values
-            current = np.zeros((n_trials, n_steps, n), np.float32) if current is None else current
-            current += window[..., None] * per_neuron
-    def as_tensor(x: np.ndarray | None) -> torch.Tensor | None:
-        return None if x is None else torch.as_tensor(x).to(like if like is not None else torch.float32)
+            current = like.new_zeros(n_trials, n_steps, n) if current is None else current
+            current.addcmul_(window, torch.as_tensor(per_neuron).to(like))
 
-    return Effect(as_tensor(keep), as_tensor(current), as_tensor(rec), as_tensor(out))
+    def on_device(x: np.ndarray | None) -> torch.Tensor | None:
+        return None if x is None else torch.as_tensor(x).to(like)
+
+    return Effect(keep, current, on_device(rec), on_device(out))

@@ -6,8 +6,8 @@ when installed in a separate venv, nn4n 1.1.1 — all in one process, interleave
 rounds. Then (full run) the thread count study, peak memory against time and batch, and the
 N=1024 / batch 256 / T=500 check. Prints Markdown tables.
 
-Then K networks at once (``Ensemble``) against K one after another, and an ``nn4n-train``
-iteration (real NeuroGym batches from the loader, logging) against the pure model step.
+Then K networks at once (``Ensemble``) against K one after another, a perturbed forward pass against the
+control's, and an ``nn4n-train`` iteration (real NeuroGym batches from the loader, logging) against the pure model step.
 
     python scripts/bench.py [--device cpu|cuda] [--threads K] [--quick] [--nn4n1 VENV]
 """
@@ -262,6 +262,37 @@ def networks_table(args: argparse.Namespace, device: torch.device) -> None:
               f"| {times['all'] / times['one']:.2f} | {k * times['one'] / times['all']:.2f}x |")
 
 
+def perturbation_table(args: argparse.Namespace, device: torch.device, n: int = 256, batch: int = 256) -> None:
+    """A perturbed forward pass (no gradients, as nn4n-analyze runs it) against the control's, per engine: the
+    run with its ``Effect`` made once, and making the ``Effect`` (which ``model(x, perturb=[...])`` does per call)."""
+    from nn4n.perturb import effect
+
+    print(f"\n### Perturbed runs (N={n}, batch {batch}, T={T_STEPS}, forward without gradients; "
+          f"best of {args.rounds} interleaved rounds)\n")
+    print("| engine | control, ms | silence half the neurons for half the trial, ms (ratio) "
+          "| + stimulate a quarter + lesion 10%, ms (ratio) | making the silencing, ms |")
+    print("|---|---:|---:|---:|---:|")
+    x = torch.randn(batch, T_STEPS, N_IN, device=device)
+    silence = [{"kind": "silence", "fraction": 0.5, "steps": [T_STEPS // 2, T_STEPS]}]
+    more = [*silence, {"kind": "stimulate", "fraction": 0.25, "seed": 1, "current": 0.5},
+            {"kind": "lesion", "fraction": 0.1, "seed": 2}]
+    for engine in ["fused", *gpu_engines(device)]:
+        model = CTRNN(e_i_config(n), engine=engine).to(device).eval()
+        made = {name: effect(p, model.structure, batch, T_STEPS, like=x) for name, p in (("silence", silence), ("more", more))}
+
+        def run(perturb: object) -> Step:
+            def step() -> None:
+                with torch.no_grad():
+                    model(x, perturb=perturb)
+            return step
+
+        times = best_times({"control": run(None), "silence": run(made["silence"]), "more": run(made["more"]),
+                            "make": lambda: effect(silence, model.structure, batch, T_STEPS, like=x)}, device, args.rounds)
+        control = times["control"]
+        print(f"| {engine} | {control * 1e3:,.1f} | {times['silence'] * 1e3:,.1f} ({times['silence'] / control:.2f}) "
+              f"| {times['more'] * 1e3:,.1f} ({times['more'] / control:.2f}) | {times['make'] * 1e3:,.1f} |")
+
+
 def end_to_end_table(args: argparse.Namespace, device: torch.device, n_steps: int = 100) -> None:
     """The training loop's own iteration (loader batches, logging) against the model step on one fixed batch,
     and what generating one batch of trials costs (the work of one loader worker per step)."""
@@ -454,6 +485,7 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f}")
     speed_table(args, device)
     networks_table(args, device)
+    perturbation_table(args, device)
     end_to_end_table(args, device)
     if not args.quick:
         if device.type == "cpu":

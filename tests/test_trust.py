@@ -297,8 +297,10 @@ def test_ctrl_c_during_start_up_is_one_line_and_leaves_no_run_folder(tmp_path: P
         "import time\nimport numpy as np\nfrom neurogym.core import TrialEnv\nfrom neurogym.utils import spaces\n\n"
         "class SlowStart(TrialEnv):\n    def __init__(self, dt=20, timing=None):\n        super().__init__(dt=dt)\n"
         "        time.sleep(30)\n")
+    # as from a terminal: SIGINT not ignored (a shell's background job, a CI runner's, inherits it ignored)
     proc = subprocess.Popen([sys.executable, "-m", "nn4n", "task.name=SlowStart-v0", f"task.dirs=[{tmp_path / 'tasks'}]",
-                             "hydra.run.dir=runs/started"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "hydra.run.dir=runs/started"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (tmp_path / "runs" / "started" / ".hydra").exists():  # Hydra has made the run's folder
         assert proc.poll() is None and time.time() < deadline

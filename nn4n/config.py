@@ -186,7 +186,8 @@ class PerturbationsSettings:
             except ValueError as err:
                 raise ValueError(f"analysis.perturbations.{name}.{err}") from None
         check(self.survey or bool(self.perturbations), "analysis.perturbations",
-              "none given (and analysis.survey=false): add one, e.g. '+analysis.perturbations.cut={kind:lesion,projection:PFC<-PPC}'")
+              "none given (and analysis.survey=false): add one, e.g. "
+              "\"+analysis.perturbations.cut={kind: lesion, projection: 'PFC<-PPC'}\"")
 
 
 ANALYSES: dict[str, type] = {"fixed_points": FixedPointsSettings, "perturbations": PerturbationsSettings}  # analysis=<name>: its settings' schema
@@ -309,6 +310,7 @@ def to_config(cfg: DictConfig) -> Any:
         return OmegaConf.to_object(cfg)  # type: ignore[return-value]
     except OmegaConfBaseException as err:
         raise ConfigError(one_line(err)) from None
-    except ValueError as err:  # a schema's own check: model keys are relative to ``model``
+    except ValueError as err:  # a schema's own check: a model's keys are relative to ``model``, the others' whole
         section = str(err).split(".")[0].split(":")[0]
-        raise ConfigError(str(err) if section in ("task", "train", "logging") else f"model.{err}") from None
+        whole = {"task", "train", "logging", *(f.name for f in fields(AnalyzeConfig))}  # nn4n-analyze's keys too
+        raise ConfigError(str(err) if section in whole else f"model.{err}") from None

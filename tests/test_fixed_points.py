@@ -162,6 +162,7 @@ def test_the_analysis_command_names_bad_input_in_one_line(flip_flop_run: Path, t
         done = nn4n_analyze(*argv, cwd=tmp_path)
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1 and message in lines[0], done.stderr[-2000:]
+        assert lines[0].startswith(("nn4n-analyze: error: analysis.", "nn4n-analyze: error: run:")), lines[0]
 
 
 @pytest.mark.slow

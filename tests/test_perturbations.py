@@ -161,7 +161,8 @@ def test_bad_perturbations_exit_2_in_one_line(two_area_runs: Path, tmp_path: Pat
     done = nn4n_analyze("analysis=perturbations", f"run={two_area_runs}", f"out={tmp_path / 'out'}", "analysis.survey=false",
                         override, cwd=tmp_path)
     lines = done.stderr.strip().splitlines()
-    assert done.returncode == 2 and len(lines) == 1 and message in lines[0], done.stderr[-2000:]
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"nn4n-analyze: error: {message}"), \
+        done.stderr[-2000:]
     assert not list((tmp_path / "out").rglob("perturbations.csv"))
 
 

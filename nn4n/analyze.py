@@ -58,7 +58,6 @@ def _perturbations(target: Any, config: AnalyzeConfig, settings: Any, folder: Pa
     """Run the perturbation experiments on one network and write their results; the headline."""
     from .analysis import perturbations as pt
     from .analysis.results import write_arrays, write_figures, write_json, write_table
-
     from .evaluate import save_activity
 
     found = pt.of_run(target.run, target.network, config.checkpoint, perturbations=settings.perturbations,

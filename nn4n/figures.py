@@ -281,6 +281,7 @@ def psychometric_curve(act: Record, strength: str = "coh") -> Figure | None:
 
 
 def name_psychometric_axes(ax: Axes, act: Record, strength: str) -> None:
+    """Axis labels naming the two classes by the record's ``output_labels``, and the legend."""
     one, two = _labels(act, "output_labels", "class", 3)[1:3]
     ax.set_xlabel(f"signed {strength} (− = correct {one}, + = {two})")
     ax.set_ylabel(f"fraction choosing {two}")

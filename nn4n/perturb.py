@@ -107,23 +107,31 @@ class Perturbation:
         return cls(**fields)
 
     @property
-    def label(self) -> str:
-        """``silence PFC/E 50% during delay``, ``lesion PFC<-PPC``, ``stimulate V1 +0.5 at steps 10-20``."""
+    def target(self) -> str:
+        """What it acts on: ``PFC/E 50%``, ``PFC<-PPC``, ``3 neurons``, ``all/I``."""
         if self.projection is not None:
             target = self.projection.replace(" ", "")
         elif self.neurons is not None:
             target = f"{len(self.neurons)} neurons"
         else:
             target = "/".join(x for x in (self.area or ("all" if self.population is None else None), self.population) if x)
-        parts = [self.kind, target]
-        if self.fraction < 1:
-            parts.append(f"{self.fraction:.0%}")
+        return target + (f" {self.fraction:.0%}" if self.fraction < 1 else "")
+
+    @property
+    def window(self) -> str:
+        """When: ``delay``, ``stimulus+delay``, ``steps 10-20`` or ``trial``."""
+        if self.periods:
+            return "+".join(self.periods)
+        return f"steps {self.steps[0]}-{self.steps[1]}" if self.steps is not None else "trial"
+
+    @property
+    def label(self) -> str:
+        """``silence PFC/E 50% during delay``, ``lesion PFC<-PPC``, ``stimulate V1 +0.5 at steps 10-20``."""
+        parts = [self.kind, self.target]
         if self.kind == "stimulate":
             parts.append(f"{self.current:+g}" if not isinstance(self.current, tuple) else "(per-neuron current)")
-        if self.periods:
-            parts.append("during " + "+".join(self.periods))
-        elif self.steps is not None:
-            parts.append(f"at steps {self.steps[0]}-{self.steps[1]}")
+        if self.window != "trial":
+            parts.append(("at " if self.steps is not None else "during ") + self.window)
         return " ".join(parts)
 
 

@@ -92,13 +92,8 @@ class PerturbationResults:
         rows = []
         for c in self.conditions:
             p = c.perturbation
-            target = window = ""
-            if p is not None:
-                target = p.projection or (f"neurons {list(p.neurons)}" if p.neurons is not None else
-                                          "/".join(x for x in (p.area or "all", p.population) if x))
-                target += f" {p.fraction:.0%}" if p.fraction < 1 else ""
-                window = "+".join(p.periods) if p.periods else (f"steps {p.steps[0]}-{p.steps[1]}" if p.steps else "trial")
-            rows.append([c.name, p.kind if p else CONTROL, target, window, *(c.measures[m] for m in measures),
+            described = [p.kind, p.target, p.window] if p is not None else [CONTROL, "", ""]
+            rows.append([c.name, *described, *(c.measures[m] for m in measures),
                          *(c.measures[m] - control[m] for m in changes)])
         return header, rows
 

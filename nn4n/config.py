@@ -166,7 +166,7 @@ class PerturbationsSettings:
     """``nn4n-analyze analysis=perturbations``: see :mod:`nn4n.analysis.perturbations` and :mod:`nn4n.perturb`."""
 
     name: str = "perturbations"
-    perturbations: dict[str, Any] = field(default_factory=dict)  # name -> {kind, area, population, ...}
+    perturbations: dict[str, Any] = field(default_factory=dict)  # name -> {kind, area, ...}, or a list applied together
     survey: bool = True  # also silence every area (whole trial, each period) and cut every projection between areas
     n_trials: int = 256
     seed: int | None = None  # held-out trials (None: the run's own)
@@ -175,14 +175,14 @@ class PerturbationsSettings:
     save_activity: bool = False  # every condition's activity record in analysis/perturbations/activity/
 
     def __post_init__(self) -> None:
-        from .perturb import Perturbation
+        from .perturb import combination
 
         integer(self.n_trials, "analysis.n_trials")
         if self.seed is not None:
             seed(self.seed, "analysis.seed")
         for name, value in self.perturbations.items():
             try:
-                Perturbation.of(value)
+                combination(value)
             except ValueError as err:
                 raise ValueError(f"analysis.perturbations.{name}.{err}") from None
         check(self.survey or bool(self.perturbations), "analysis.perturbations",

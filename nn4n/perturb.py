@@ -135,6 +135,14 @@ class Perturbation:
         return " ".join(parts)
 
 
+def combination(value: Perturbation | Mapping[str, Any] | Sequence[Perturbation | Mapping[str, Any]]) -> tuple[Perturbation, ...]:
+    """One perturbation, or several applied together, as a tuple (one-line ValueErrors name the bad key)."""
+    parts = list(value) if isinstance(value, Sequence) and not isinstance(value, (str, Mapping)) else [value]
+    if not parts:
+        raise ValueError("kind: an empty list perturbs nothing; give at least one perturbation")
+    return tuple(map(Perturbation.of, parts))
+
+
 @dataclass
 class Effect:
     """What perturbations do to one network (or K stacked) on trials of one shape: ``None`` where nothing."""

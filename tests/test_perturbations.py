@@ -241,3 +241,29 @@ def test_a_sweep_of_a_perturbation_writes_one_folder_per_job(two_area_runs: Path
         assert f"fraction: {job}" in (folder / job / "config.yaml").read_text()
     assert rows["0"]["s"]["accuracy"] == rows["0"]["control"]["accuracy"] and float(rows["0"]["s"]["change_accuracy"]) == 0
     assert rows["1"]["s"]["target"] == "motor" and float(rows["1"]["s"]["abort_rate"]) == 1.0
+
+
+def test_a_condition_may_apply_several_perturbations_together() -> None:
+    """A list is one condition: the network runs with all of them at once, as ``perturb=[...]`` does."""
+    import torch
+
+    from nn4n import CTRNN
+    from nn4n.analysis.perturbations import run_conditions
+    from nn4n.data import TrialSampler
+
+    sampler = TrialSampler("PerceptualDecisionMaking-v0", dt=20, batch_size=64, seed=0)
+    spec, batch = sampler.spec, sampler.batch(0)
+    net = CTRNN({"areas": {"A": {"size": 24}, "B": {"size": 24}}, "input_size": 3, "output_size": 3,
+                 "projections": {"B": {"A": 0.3}}, "input_areas": ["A"], "readout_areas": ["B"]})
+    both = [{"kind": "silence", "area": "A", "population": "I", "periods": ["stimulus"]},
+            {"kind": "lesion", "projection": "B<-A", "fraction": 0.5}]
+    results = run_conditions(net, batch, spec, {"both": both})
+    header, rows = results.table()
+    row = dict(zip(header, rows[1]))
+    assert (row["kind"], row["target"], row["window"]) == ("silence+lesion", "A/I; B<-A 50%", "stimulus; trial")
+    with torch.no_grad():
+        _, act = net.eval()(batch.inputs, perturb=both, epochs=batch.epochs)
+    valid = batch.valid.float()
+    b_e = net.structure.indices("B", "E")
+    want = (act.rates[..., b_e].mean(-1) * valid).sum(0) / valid.sum(0)
+    np.testing.assert_allclose(results.conditions[1].psth[results.groups.index("B/E")], want.numpy(), rtol=1e-6)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from ..evaluate import activity_record, evaluate
 from ..experiment import held_out
 from ..metrics import ABSENT, CORRECT, WRONG
 from ..model import CTRNN, Activity
-from ..perturb import Perturbation, effect
+from ..perturb import Perturbation, combination, effect
 from ..stats import Z95, wilson
 from ..tasks import TaskKind, TaskSpec
 
@@ -67,7 +67,7 @@ class Condition:
     psychometric data (signed strength, chose 2) where the task has them."""
 
     name: str
-    perturbation: Perturbation | None
+    perturbation: tuple[Perturbation, ...]  # applied together; () for the control
     measures: dict[str, float]
     psth: np.ndarray  # (groups, time) mean rate over the trials that last to each step
     psychometric: tuple[np.ndarray, np.ndarray] | None
@@ -91,8 +91,9 @@ class PerturbationResults:
         control = self.conditions[0].measures
         rows = []
         for c in self.conditions:
-            p = c.perturbation
-            described = [p.kind, p.target, p.window] if p is not None else [CONTROL, "", ""]
+            parts = c.perturbation
+            described = ["+".join(p.kind for p in parts) or CONTROL, "; ".join(p.target for p in parts),
+                         "; ".join(p.window for p in parts)]
             rows.append([c.name, *described, *(c.measures[m] for m in measures),
                          *(c.measures[m] - control[m] for m in changes)])
         return header, rows
@@ -204,10 +205,10 @@ def _psth(activity: Activity, batch: TrialBatch, groups: list[tuple[str, str | N
 
 
 def run_conditions(model: CTRNN, batch: TrialBatch, spec: TaskSpec,
-                   perturbations: Mapping[str, Perturbation | Mapping[str, Any]], *,
+                   perturbations: Mapping[str, Perturbation | Mapping[str, Any] | Sequence[Any]], *,
                    noise: bool = False, seed: int = 0, strength: str = "coh", keep_records: bool = False) -> PerturbationResults:
     """The control and every perturbation of ``model`` on ``batch``'s trials, each run with the same noise draw
-    (``seed``); ``keep_records`` keeps every condition's activity record (~20 MB each for 256 trials of 192
+    (``seed``); a condition may be a list of perturbations, applied together; ``keep_records`` keeps every condition's activity record (~20 MB each for 256 trials of 192
     neurons), not only the control's. One-line ValueErrors name a perturbation that does not fit the network or the trials
     (``<name>.area: unknown area ...``)."""
     st = model.structure
@@ -217,8 +218,8 @@ def run_conditions(model: CTRNN, batch: TrialBatch, spec: TaskSpec,
         if name == CONTROL:
             raise ValueError(f"{name}: the name of the unperturbed run; give the perturbation another name")
         try:
-            chosen[name] = Perturbation.of(value)
-            effects[name] = effect([chosen[name]], st, n_trials, n_steps, batch.epochs, like=batch.inputs)
+            chosen[name] = combination(value)
+            effects[name] = effect(chosen[name], st, n_trials, n_steps, batch.epochs, like=batch.inputs)
         except ValueError as err:
             raise ValueError(f"{name}.{err}") from None
     groups = Activity(batch.inputs.new_zeros(0), st).populations()
@@ -230,13 +231,13 @@ def run_conditions(model: CTRNN, batch: TrialBatch, spec: TaskSpec,
         record = activity_record(model, batch, outputs, activity, spec)
         measures, data = _measures(record, outputs, batch, spec, metrics, strength)
         kept = record if keep_records or not conditions else None
-        conditions.append(Condition(name, chosen.get(name), measures, _psth(activity, batch, groups), data, kept))
+        conditions.append(Condition(name, chosen.get(name, ()), measures, _psth(activity, batch, groups), data, kept))
     names = [f"{a}/{p}" if p else a for a, p in groups]
     return PerturbationResults(conditions, spec.kind, names, spec.dt, strength)
 
 
 def of_run(run_dir: str | Path, network: int = 0, checkpoint: str = "best", *,
-           perturbations: Mapping[str, Perturbation | Mapping[str, Any]] | None = None, survey_all: bool = True,
+           perturbations: Mapping[str, Any] | None = None, survey_all: bool = True,
            n_trials: int = 256, seed: int | None = None, noise: bool = False, strength: str = "coh",
            keep_records: bool = False, trust_task_code: bool = False, device: str = "cpu") -> PerturbationResults:
     """:func:`run_conditions` on network ``network`` of the run in ``run_dir``: ``perturbations`` by name, and

@@ -21,7 +21,6 @@ import shlex
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,7 +85,10 @@ class Row:
         return " ".join(["nn4n-train", *self.overrides])
 
 
-LONG = ("delay_match_sample", "delay_match_category", "interval_discrimination", "pdm_delay_response")  # train=long
+# The training preset of each task preset that does not learn in train=default's 1000 steps (docs/science.md)
+TRAINING = {task: "long" for task in ("delay_match_sample", "delay_match_category", "interval_discrimination",
+                                      "pdm_delay_response", "perceptual_dm", "multisensory")}
+TRAINING |= {"sine_wave": "continuous", "flip_flop": "continuous"}
 
 
 def rows(args: argparse.Namespace) -> list[Row]:
@@ -95,8 +97,8 @@ def rows(args: argparse.Namespace) -> list[Row]:
         for task in PRESETS:
             for arch in args.archs:
                 seeds = args.seeds + args.extra_two_area_seeds if arch == "two_area" else args.seeds
-                training = "long" if task in LONG else "default"
-                overrides = [f"arch={arch}", f"task={task}", *(["train=long"] if training == "long" else []), *args.set]
+                training = TRAINING.get(task, "default")
+                overrides = [f"arch={arch}", f"task={task}", *([f"train={training}"] if training != "default" else []), *args.set]
                 out.append(Row("presets", task, arch, training, overrides, seeds))
     if args.only in (None, "neurogym"):
         for task, extra in NEUROGYM.items():
@@ -214,22 +216,34 @@ def main() -> None:
                         help="overrides added to every run (an ablation: give it its own --out)")
     parser.add_argument("--no-write", action="store_true", help="print the tables; leave docs/ and README.md as they are")
     args = parser.parse_args()
-    selected, began = [r for r in rows(args) if not args.tasks or r.task in args.tasks], time.perf_counter()
-    jobs = [(row, seed) for row in selected for seed in row.seeds]
+    selected = [r for r in rows(args) if not args.tasks or r.task in args.tasks]
+    # the seeds every row has first, two-area presets first: the stability seeds last
+    jobs = sorted(((row, seed) for row in selected for seed in row.seeds),
+                  key=lambda job: (job[1] not in args.seeds, job[0].section, job[0].arch != "two_area"))
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         for (row, seed), metrics in zip(jobs, pool.map(lambda job: run(job[0], job[1], args.out), jobs)):
             row.runs.append(metrics)
             print(f"{row.key} seed {seed}: {metrics.get('accuracy', metrics.get('r2', metrics.get('error', '')))}", flush=True)
     ideal = {row.task: ideal_of(row) for row in selected}
-    wall = (time.perf_counter() - began) / 3600
-    command = shlex.join(["python", "scripts/results.py", *sys.argv[1:]])
-    when = (f"Measured {datetime.date.today().isoformat()} on {cpu_model()} ({platform.machine()}), {args.jobs} runs at once, "
-            f"{wall:.1f} h in all: `{command}`")
-    sections = {name: table([r for r in selected if r.section == name], args.out, ideal)
-                for name in ("presets", "neurogym") if any(r.section == name for r in selected)}
-    print(*sections.values(), when, sep="\n\n")
+    when = provenance(selected, args)
+    tables = {name: table([r for r in selected if r.section == name], args.out, ideal)
+              for name in ("presets", "neurogym") if any(r.section == name for r in selected)}
+    print(*tables.values(), when, sep="\n\n")
     if not args.no_write:
-        write(sections, when, selected, args)
+        write(tables, when, selected, args)
+
+
+def provenance(selected: list[Row], args: argparse.Namespace) -> str:
+    """When, where and how the runs behind the tables were trained (an interrupted invocation continued
+    by later ones spans several dates)."""
+    finished = [args.out / row.key / f"seed{seed}" / "metrics.json" for row in selected for seed in row.seeds]
+    dates = sorted({datetime.date.fromtimestamp(path.stat().st_mtime).isoformat() for path in finished if path.exists()})
+    span = " to ".join(dict.fromkeys([dates[0], dates[-1]])) if dates else datetime.date.today().isoformat()
+    done = [r for row in selected for r in row.runs if "error" not in r]
+    hours = sum(r["wall_time_s"] for r in done) / 3600
+    command = shlex.join(["python", "scripts/results.py", *sys.argv[1:]])
+    return (f"Measured {span} on {cpu_model()} ({platform.machine()}), {args.jobs} runs at once: {len(done)} runs, "
+            f"{hours:.1f} h of training in all (the sum of their wall times): `{command}`")
 
 
 def replace_between(path: Path, name: str, text: str, script: str = "scripts/results.py") -> None:

@@ -74,10 +74,12 @@ def test_logging_presets(logging: str) -> None:
     assert compose_config([f"logging={logging}"]).logging.scalars_every > 0
 
 
-def test_long_training_preset() -> None:
-    train = compose_config(["train=long"]).train
-    assert (train.lr, train.steps, train.schedule) == (0.003, 2000, "cosine")
-    assert train.batch_size == compose_config([]).train.batch_size  # everything else from train/default
+def test_training_presets_change_only_what_they_name() -> None:
+    default = compose_config([]).train
+    long, continuous = compose_config(["train=long"]).train, compose_config(["train=continuous"]).train
+    assert (long.lr, long.steps, long.schedule, long.recurrent_lr_scale) == (0.01, 3000, "cosine", 1.0)
+    assert (continuous.lr, continuous.steps, continuous.schedule, continuous.recurrent_lr_scale) == (0.01, 6000, "none", 2.0)
+    assert long.batch_size == continuous.batch_size == default.batch_size  # everything else from train/default
 
 
 @pytest.mark.parametrize("preset", options("task"))

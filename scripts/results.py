@@ -37,7 +37,7 @@ ARCHS = ("single", "two_area", "three_area")
 LEARNED_ACCURACY, LEARNED_OF_IDEAL, LEARNED_R2 = 0.8, 0.9, 0.9
 # NeuroGym 2.3.1's supervised tasks, and four more, by id: what each needs beyond its id (the periods to score)
 NEUROGYM = {
-    "AnnubesEnv-v0": [],
+    "AnnubesEnv-v0": ["+task.params={session:{v:0.5,a:0.5},catch_prob:0.5}", "task.decision_period=stimulus"],
     "ContextDecisionMaking-v0": [],
     "DelayComparison-v0": [],
     "DelayMatchCategory-v0": ["task.decision_period=test"],
@@ -82,7 +82,7 @@ class Row:
         return re.sub(r"[^\w.=+-]+", "_", "_".join([self.task, self.arch, self.training]))
 
     def command(self) -> str:
-        return " ".join(["nn4n-train", *self.overrides])
+        return shlex.join(["nn4n-train", *self.overrides])
 
 
 # The training preset of each task preset that does not learn in train=default's 1000 steps (docs/science.md)
@@ -219,7 +219,7 @@ def main() -> None:
     selected = [r for r in rows(args) if not args.tasks or r.task in args.tasks]
     # the seeds every row has first, two-area presets first: the stability seeds last
     jobs = sorted(((row, seed) for row in selected for seed in row.seeds),
-                  key=lambda job: (job[1] not in args.seeds, job[0].section, job[0].arch != "two_area"))
+                  key=lambda job: (job[1] not in args.seeds, job[0].section != "presets", job[0].arch != "two_area"))
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         for (row, seed), metrics in zip(jobs, pool.map(lambda job: run(job[0], job[1], args.out), jobs)):
             row.runs.append(metrics)

@@ -80,7 +80,25 @@ def _perturbations(target: Any, config: AnalyzeConfig, settings: Any, folder: Pa
             f"lowest {worst.measures[key]:.3f} ({worst.name})")
 
 
-ANALYZE = {"fixed_points": _fixed_points, "perturbations": _perturbations}
+def _task_variance(target: Any, config: AnalyzeConfig, settings: Any, folder: Path) -> str:
+    """Task variance, clusters and cluster lesions of one network; the headline."""
+    from .analysis import task_variance as tv
+    from .analysis.results import write_arrays, write_figures, write_json, write_table
+
+    found = tv.of_run(target.run, target.network, config.checkpoint, n_trials=settings.n_trials,
+                      min_variance=settings.min_variance, max_clusters=settings.max_clusters, seed=settings.seed,
+                      lesion=settings.lesion, trust_task_code=config.trust_task_code, device=config.device)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_arrays(folder / "task_variance.npz", found.arrays())
+    write_table(folder / "clusters.csv", *found.table())
+    summary = found.summary()
+    write_json(folder / "summary.json", summary)
+    write_figures(target, settings.name, found.figures())
+    return (f"{summary['units_kept']} units vary, in {summary['n_clusters']} clusters "
+            f"(silhouette {summary['silhouette']:.2f})")
+
+
+ANALYZE = {"fixed_points": _fixed_points, "perturbations": _perturbations, "task_variance": _task_variance}
 
 
 @hydra.main(version_base="1.3", config_path="pkg://nn4n_configs", config_name="analyze")

@@ -21,6 +21,7 @@ from .structure import NetworkConfig
 from .validate import check, choice, integer, is_number, non_negative, positive, seed
 
 if TYPE_CHECKING:
+    from .data import TrialSampler
     from .tasks import TaskSpec
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -41,19 +42,36 @@ class TaskConfig:
     grace: float = 100.0  # ms at the start and after the end of each response window (at most half of it) left out of the loss: time to react
     trials_per_row: int = 1  # consecutive trials per batch row, the state carried across (block rules, history)
     dirs: list[str] = field(default_factory=list)
+    tasks: dict[str, float] = field(default_factory=dict)  # a task set: task id -> sampling weight (name: its label)
+    mixing: str = "trial"  # a task set's trials: each its own task (trial), or one task per batch (batch)
+    output: str = "classes"  # classes: a logit per action; ring: sigmoid units on a ring of choices (Yang et al. 2019)
 
     def __post_init__(self) -> None:
         positive(self.dt, "task.dt")
         non_negative(self.decision_weight, "task.decision_weight")
         integer(self.trials_per_row, "task.trials_per_row")
         non_negative(self.grace, "task.grace")
+        choice(self.mixing, ("trial", "batch"), "task.mixing")
+        choice(self.output, ("classes", "ring"), "task.output")
+        for task, weight in self.tasks.items():
+            non_negative(weight, f"task.tasks.{task}")
+        check(not self.tasks or any(self.tasks.values()), "task.tasks", "every weight is 0: give a task a weight > 0")
+        check(not self.tasks or self.trials_per_row == 1, "task.trials_per_row",
+              f"a task set draws one trial per row, got {self.trials_per_row}")
+
+    def sampler(self, batch_size: int, seed: int, balanced: bool = False) -> TrialSampler:
+        """Batches of the task (or task set) that depend only on (seed, batch index); ``balanced``: the rows go to
+        a task set's tasks in turn."""
+        from .data import TrialSampler
+
+        return TrialSampler(self.name, self.dt, batch_size, seed, self.timing, self.params, self.dirs,
+                            self.decision_weight, self.decision_period, self.trials_per_row, self.grace, self.tasks,
+                            self.mixing, balanced, self.output)
 
     def spec(self) -> TaskSpec:
         """The task's sizes, channel names and kind; makes the task (imports NeuroGym). A bad name, period or
         parameter raises a one-line ValueError naming its key."""
-        from .tasks import make_task, task_spec
-
-        return task_spec(make_task(self.name, self.dt, self.timing, self.params, self.dirs), self.decision_period)
+        return self.sampler(1, 0).spec
 
 
 @dataclass
@@ -190,7 +208,27 @@ class PerturbationsSettings:
               "\"+analysis.perturbations.cut={kind: lesion, projection: 'PFC<-PPC'}\"")
 
 
-ANALYSES: dict[str, type] = {"fixed_points": FixedPointsSettings, "perturbations": PerturbationsSettings}  # analysis=<name>: its settings' schema
+@dataclass
+class TaskVarianceSettings:
+    """``nn4n-analyze analysis=task_variance``: see :mod:`nn4n.analysis.task_variance`."""
+
+    name: str = "task_variance"
+    n_trials: int = 128  # held-out trials of each task
+    min_variance: float = 1e-3  # units whose variance summed over the tasks is at most this are left out
+    max_clusters: int = 29
+    seed: int = 0  # k-means initialisations
+    lesion: bool = True  # silence each cluster; every task's accuracy against the control
+
+    def __post_init__(self) -> None:
+        integer(self.n_trials, "analysis.n_trials")
+        non_negative(self.min_variance, "analysis.min_variance")
+        check(isinstance(self.max_clusters, int) and self.max_clusters >= 2, "analysis.max_clusters",
+              f"must be an integer >= 2, got {self.max_clusters!r}")
+        seed(self.seed, "analysis.seed")
+
+
+ANALYSES: dict[str, type] = {"fixed_points": FixedPointsSettings, "perturbations": PerturbationsSettings,
+                             "task_variance": TaskVarianceSettings}  # analysis=<name>: its settings' schema
 
 
 @dataclass
@@ -220,6 +258,11 @@ def one_line(err: OmegaConfBaseException) -> str:
     key = getattr(err, "full_key", None)
     if isinstance(err.__cause__, ValueError) and not isinstance(err.__cause__, OmegaConfBaseException):
         return str(err.__cause__)  # raised by a schema's own check: already names its key
+    if key and key.startswith("task.tasks."):  # a task id holds dots, which a key path cannot
+        task = key.removeprefix("task.tasks.")
+        return (f"task.tasks: a task id holds dots, so its weight cannot be set key by key; give them as a set: "
+                f"'++task.tasks={{{task}: 1}}' (adds to or changes the preset's weights; weight 0: not trained, still "
+                f"evaluated)")
     match = re.match(r"Key '(.+)' not in '(\w+)'", message)
     if match:
         return f"{key or match.group(1)}: unknown key"

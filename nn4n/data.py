@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -20,7 +21,8 @@ import torch
 from neurogym.core import TrialEnv
 from torch.utils.data import DataLoader, Dataset
 
-from .tasks import TaskKind, TaskSpec, make_task, task_spec
+from .layout import Layout, layout_spec, own_layout, shared_layout
+from .tasks import TaskKind, TaskSpec, Variant, make_variants, task_spec
 
 _TENSORS = ("inputs", "targets", "mask", "window", "lengths")
 
@@ -93,9 +95,12 @@ def _is_condition(value: Any) -> bool:
 
 
 class TrialSampler:
-    """Deterministic batches of a task: `batch(index)` depends only on (seed, index).
+    """Deterministic batches of a task, or of a task set (``tasks``: id -> sampling weight, on one
+    :mod:`nn4n.layout`): `batch(index)` depends only on (seed, index).
 
-    Picklable: it keeps the task arguments and builds its env lazily (in each process).
+    A task set draws each row's task by weight (``mixing="trial"``), or one task for the whole batch
+    (``"batch"``, as Yang et al. 2019); ``balanced`` rows go to the tasks in turn (held-out trials: every task
+    alike). Picklable: it keeps the task arguments and builds its envs lazily (in each process).
     """
 
     def __init__(
@@ -111,41 +116,78 @@ class TrialSampler:
         decision_period: str | Sequence[str] | None = "decision",
         trials_per_row: int = 1,
         grace: float = 0.0,
+        tasks: Mapping[str, float] | None = None,
+        mixing: str = "trial",
+        balanced: bool = False,
+        output: str = "classes",
     ) -> None:
         self.name, self.dt, self.batch_size, self.seed = name, dt, batch_size, seed
         self.timing, self.params, self.task_dirs = timing, params, tuple(task_dirs)
         self.decision_weight, self.decision_period, self.trials_per_row = decision_weight, decision_period, trials_per_row
-        self.grace = grace
-        self._env: TrialEnv | None = None
-        self._initial_state: dict[str, Any] = {}
+        self.grace, self.tasks, self.mixing, self.balanced, self.output = grace, dict(tasks or {}), mixing, balanced, output
+        self._variants: list[Variant] | None = None
+        self._initial_states: list[dict[str, Any]] = []
         self._spec: TaskSpec | None = None
+        self._layout: Layout | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_env": None, "_initial_state": {}}
+        return {**self.__dict__, "_variants": None, "_initial_states": []}
 
     @property
-    def env(self) -> TrialEnv:
-        """The task's env, made on first use; its freshly made state is kept to reset it per batch."""
-        if self._env is None:
-            env = make_task(self.name, self.dt, self.timing, self.params, self.task_dirs)
-            self._initial_state = copy.deepcopy(vars(env), {id(env): env})
-            self._env = env
-        return self._env
+    def variants(self) -> list[Variant]:
+        """Every task's variants (:func:`nn4n.tasks.make_variants`), made on first use; their freshly made
+        states are kept to reset them per batch."""
+        if self._variants is None:
+            make = functools.partial(make_variants, dt=self.dt, timing=self.timing, params=self.params,
+                                     task_dirs=self.task_dirs)
+            try:
+                by_task = {task: make(task) for task in self.tasks} if self.tasks else {self.name: make(self.name)}
+            except ValueError as err:  # a task of a set is named by task.tasks
+                raise ValueError(str(err).replace("task.name:", "task.tasks:", 1) if self.tasks else str(err)) from None
+            self._variants = [v for variants in by_task.values() for v in variants]
+            self._initial_states = [copy.deepcopy(vars(v.env), {id(v.env): v.env}) for v in self._variants]
+            if self._layout is None:
+                self._layout = shared_layout(by_task) if self.tasks else own_layout(self._variants)
+        return self._variants
+
+    @property
+    def layout(self) -> Layout:
+        self.variants
+        return self._layout
 
     @property
     def spec(self) -> TaskSpec:
         if self._spec is None:
-            self._spec = task_spec(self.env, self.decision_period)
+            specs = [task_spec(v.env, self.decision_period) for v in self.variants]
+            self._spec = layout_spec(self.name, specs, self.layout, tuple(self.tasks), self.output)
         return self._spec
 
-    def _reset(self, index: int) -> TrialEnv:
-        """Return the env in its freshly made state, reseeded from (seed, index)."""
-        env = self.env
-        state = copy.deepcopy(self._initial_state, {id(env): env})
+    def _reset(self, index: int, variant: int) -> TrialEnv:
+        """Return the variant's env in its freshly made state, reseeded from (seed, index, variant)."""
+        env = self.variants[variant].env
+        state = copy.deepcopy(self._initial_states[variant], {id(env): env})
         vars(env).clear()
         vars(env).update(state)
-        env.seed(int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0]))
+        key = [self.seed, index] if variant == 0 else [self.seed, index, variant]
+        env.seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
         return env
+
+    def _draw(self, index: int) -> list[int]:
+        """The variant of each trial of the ``index``-th batch (row by row): its task by weight (or in turn, or
+        one for the batch), then one of the task's variants uniformly."""
+        layout, n = self.layout, self.batch_size * self.trials_per_row
+        if len(layout.task) == 1:
+            return [0] * n
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, index], spawn_key=(1,)))
+        names = list(self.tasks) or [self.name]
+        if self.balanced:
+            tasks = np.arange(n) % len(names)
+        else:
+            weights = np.array([self.tasks.get(t, 1.0) for t in names], dtype=float)
+            draws = 1 if self.mixing == "batch" else n
+            tasks = np.resize(rng.choice(len(names), size=draws, p=weights / weights.sum()), n)
+        of_task = [np.flatnonzero(np.array(layout.task) == k) for k in range(len(names))]
+        return [int(rng.choice(of_task[k])) for k in tasks]
 
     def _trial(self, env: TrialEnv) -> tuple[dict[str, Any], np.ndarray, np.ndarray, dict[str, tuple[int, int]]]:
         """The env's next trial: its info, inputs (T, n_in), targets and periods ([start, end) steps)."""
@@ -158,25 +200,33 @@ class TrialSampler:
 
     def batch(self, index: int) -> TrialBatch:
         """The index-th batch (a pure function of seed and index): rows of ``trials_per_row`` consecutive trials."""
-        spec, n_trials = self.spec, self.trials_per_row
-        env = self._reset(index)
-        rows = [[self._trial(env) for _ in range(n_trials)] for _ in range(self.batch_size)]
-        lengths = np.array([sum(len(ob) for _, ob, _, _ in row) for row in rows], dtype=np.int64)
+        spec, layout, n_trials = self.spec, self.layout, self.trials_per_row
+        envs: dict[int, TrialEnv] = {}  # each variant drawn in this batch, reset once
+        trials = []
+        for v in self._draw(index):
+            if v not in envs:
+                envs[v] = self._reset(index, v)
+            trials.append((v, *self._trial(envs[v])))
+        rows = [trials[b * n_trials:(b + 1) * n_trials] for b in range(self.batch_size)]
+        lengths = np.array([sum(len(ob) for _, _, ob, _, _ in row) for row in rows], dtype=np.int64)
         n_batch, n_steps = self.batch_size, int(lengths.max())
         inputs = np.zeros((n_batch, n_steps, spec.n_inputs), dtype=np.float32)
-        if spec.kind is TaskKind.CLASSIFICATION:
-            targets = np.zeros((n_batch, n_steps), dtype=np.int64)
-        else:
+        if spec.kind is TaskKind.REGRESSION:
             targets = np.zeros((n_batch, n_steps, spec.n_outputs), dtype=np.float32)
-        names = list(dict.fromkeys(p for row in rows for _, _, _, periods in row for p in periods))
+        else:
+            targets = np.zeros((n_batch, n_steps), dtype=np.int64)
+        names = list(dict.fromkeys(p for row in rows for _, _, _, _, periods in row for p in periods))
         epochs = {p: np.zeros((n_batch, n_trials, 2), dtype=np.int64) for p in names}
         window = np.zeros((n_batch, n_steps), dtype=np.int16)
         graced = np.zeros((n_batch, n_steps), dtype=bool)  # grace ms (at most half the window) at the start and after the end of each response window
         n_periods, grace_steps = len(spec.decision_periods), int(round(self.grace / self.dt))
         for b, row in enumerate(rows):
             offset = 0
-            for j, (_, ob, gt, periods) in enumerate(row):
-                inputs[b, offset:offset + len(ob)] = ob
+            for j, (v, _, ob, gt, periods) in enumerate(row):
+                inputs[b][offset:offset + len(ob), layout.inputs[v]] = ob
+                if layout.rules[v] is not None:
+                    inputs[b, offset:offset + len(ob), layout.rules[v]] = 1.0  # the task's rule, the whole trial
+                gt = gt if layout.outputs[v] is None else layout.outputs[v][gt]
                 targets[b, offset:offset + len(gt)] = gt.reshape(len(gt), *targets.shape[2:])
                 for p, (start, end) in periods.items():
                     epochs[p][b, j] = offset + start, offset + end
@@ -198,9 +248,15 @@ class TrialSampler:
         mask[window > 0] = self.decision_weight
         mask[graced & (mask > 0)] = 0.0  # time to react: to the go cue (a response there is scored, not trained),
         # and to the response's end (the way back to fixation is not counted as breaking it)
-        infos = [info for row in rows for info, _, _, _ in row]
-        keys = [k for k in infos[0] if all(_is_condition(info.get(k)) for info in infos)]
-        conditions = {k: np.asarray([info[k] for info in infos]).reshape(n_batch, n_trials) for k in keys}
+        infos = [info for row in rows for _, info, _, _, _ in row]
+        keys = [k for k in dict.fromkeys(k for info in infos for k in info)
+                if all(_is_condition(info[k]) for info in infos if k in info)]
+        conditions = {k: np.asarray([info.get(k, np.nan) for info in infos]).reshape(n_batch, n_trials) for k in keys}
+        if spec.tasks:  # which task, and which of its variants (a modality, say), each trial is
+            conditions["task"] = np.array([layout.task[v] for v, *_ in trials]).reshape(n_batch, n_trials)
+        if len(layout.task) > len(set(layout.task)):
+            first = {k: layout.task.index(k) for k in set(layout.task)}
+            conditions["variant"] = np.array([v - first[layout.task[v]] for v, *_ in trials]).reshape(n_batch, n_trials)
         if n_trials == 1:  # one trial per row: per-trial arrays as (B,) and (B, 2)
             conditions = {k: v[:, 0] for k, v in conditions.items()}
             epochs = {p: v[:, 0] for p, v in epochs.items()}

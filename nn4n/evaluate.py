@@ -61,7 +61,9 @@ def activity_record(model: CTRNN, batch: TrialBatch, outputs: torch.Tensor, acti
         **{f"cond_{k}": v for k, v in batch.conditions.items()},
         **{f"epoch_{k}": v for k, v in batch.epochs.items()},
     }
-    if spec.kind is TaskKind.CLASSIFICATION and spec.decision_periods:
+    if spec.tasks:
+        record["tasks"] = np.array(spec.tasks)  # cond_task indexes them
+    if spec.kind is not TaskKind.REGRESSION and spec.decision_periods:
         out = trial_outcomes(outputs, batch, spec)
         record |= {"outcome": out.outcome, "choice": out.choice, "target_choice": out.target,
                    "response_period": np.array(spec.decision_periods)[out.period.cpu().numpy()]}

@@ -14,15 +14,11 @@ from .tasks import TaskSpec
 EVAL_SEED_OFFSET = 2**31  # held-out trials come from a seed stream training never uses
 
 
-def sampler(t: TaskConfig, batch_size: int, seed: int) -> TrialSampler:
-    """Batches of task ``t`` that depend only on (seed, batch index)."""
-    return TrialSampler(t.name, t.dt, batch_size, seed, t.timing, t.params, t.dirs, t.decision_weight, t.decision_period,
-                        t.trials_per_row, t.grace)
-
-
 def held_out(cfg: Config, n_trials: int | None = None, seed: int | None = None) -> TrialSampler:
-    """The run's held-out trials (``train.eval_trials`` of them unless ``n_trials``), from their own seed stream."""
-    return sampler(cfg.task, n_trials or cfg.train.eval_trials, cfg.seed + EVAL_SEED_OFFSET if seed is None else seed)
+    """The run's held-out trials (``train.eval_trials`` of them unless ``n_trials``), from their own seed stream;
+    a task set's go to its tasks in turn."""
+    return cfg.task.sampler(n_trials or cfg.train.eval_trials, cfg.seed + EVAL_SEED_OFFSET if seed is None else seed,
+                            balanced=True)
 
 
 def task_spec(t: TaskConfig) -> TaskSpec:

@@ -192,7 +192,8 @@ def _labels(act: Record, key: str, unnamed: str, n: int) -> list[str]:
 
 
 def trial_io(act: Record, trial: int = 0) -> Figure:
-    """Inputs, targets and outputs (softmax probabilities for classification) of one trial."""
+    """Inputs, targets and outputs (softmax probabilities for classification, sigmoid units for a ring
+    read-out) of one trial."""
     length, dt = _length(act, trial), _dt(act)
     t = np.arange(length) * dt
     inputs = np.asarray(act["inputs"][trial, :length])
@@ -211,6 +212,13 @@ def trial_io(act: Record, trial: int = 0) -> Figure:
         ax_out.set_ylabel("p(class)")
         for ax in (ax_tgt, ax_out):
             ax.set_ylim(-0.05, 1.05)
+    elif str(act["kind"]) == "ring":  # a fixation unit and a ring: the target class and the sigmoid units as images
+        extent = (0, length * dt, outputs.shape[-1] - 0.5, -0.5)
+        ax_tgt.imshow(np.eye(outputs.shape[-1])[targets].T, aspect="auto", cmap="Greys", extent=extent, interpolation="nearest")
+        ax_out.imshow(1 / (1 + np.exp(-outputs.T)), aspect="auto", cmap="hot", vmin=0, vmax=1, extent=extent,
+                      interpolation="nearest")
+        ax_tgt.set_ylabel("target unit (0: fixation)")
+        ax_out.set_ylabel("sigmoid(output)")
     else:
         for k, label in enumerate(_labels(act, "output_labels", "out", outputs.shape[-1])):
             ax_tgt.plot(t, targets[:, k], lw=1, color=f"C{k}", label=label)

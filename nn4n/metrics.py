@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -13,12 +14,57 @@ from .data import TrialBatch
 from .tasks import TaskKind, TaskSpec
 
 
-def task_loss(outputs: torch.Tensor, batch: TrialBatch, kind: TaskKind) -> torch.Tensor:
+RING_BASELINE, RING_PEAK, RING_WIDTH = 0.05, 0.8, math.pi / 8  # a ring's targets (Yang et al. 2019)
+FIXATION_TARGET, FIXATION_WEIGHT = 0.8, 4.0  # the fixation unit's target while fixating; its weight in the loss
+RING_TOLERANCE = 0.2 * math.pi  # a decoded direction this close to the target's is correct
+
+
+def ring_directions(spec: TaskSpec, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(n_outputs,) each output unit's preferred direction on the ring (radians; NaN for the fixation unit)."""
+    (ring,) = [channels for action, channels in spec.output_names.items() if action != "fixation"]
+    directions = torch.full((spec.n_outputs,), math.nan, device=device)
+    directions[ring] = torch.arange(len(ring), device=device) * (2 * math.pi / len(ring))
+    return directions
+
+
+def angular_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The distance of two directions on the circle, in [0, pi]."""
+    d = torch.remainder(a - b, 2 * math.pi)
+    return torch.minimum(d, 2 * math.pi - d)
+
+
+def ring_targets(spec: TaskSpec, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(classes, n_outputs) the ring read-out's target for each class: to fixate, the fixation unit at
+    FIXATION_TARGET; a direction, a Gaussian bump over the ring units (peak RING_PEAK, width RING_WIDTH); both on
+    RING_BASELINE."""
+    directions = ring_directions(spec, device)
+    ring = ~directions.isnan()
+    table = torch.full((spec.n_outputs, spec.n_outputs), RING_BASELINE, device=device)
+    bump = RING_PEAK * torch.exp(-0.5 * (angular_distance(directions[:, None], directions[None, :]) / RING_WIDTH) ** 2)
+    table[ring[:, None] & ring[None, :]] += bump[ring[:, None] & ring[None, :]]
+    table[spec.fixation, spec.fixation] = FIXATION_TARGET
+    return table
+
+
+def decoded_direction(outputs: torch.Tensor, spec: TaskSpec) -> torch.Tensor:
+    """The population vector of the ring units' sigmoid rates: the direction the ring read-out points to."""
+    directions = ring_directions(spec, outputs.device)
+    ring = ~directions.isnan()
+    rates = torch.sigmoid(outputs[..., ring])
+    return torch.atan2(rates @ directions[ring].sin(), rates @ directions[ring].cos()).remainder(2 * math.pi)
+
+
+def task_loss(outputs: torch.Tensor, batch: TrialBatch, spec: TaskSpec) -> torch.Tensor:
     """Mask-weighted mean per-step loss: cross-entropy of logits (B, T, C) for classification, squared
-    error averaged over output dims for regression."""
-    if kind is TaskKind.CLASSIFICATION:
+    error averaged over output dims for regression and for a ring read-out (sigmoid units against
+    :func:`ring_targets`, the fixation unit weighing FIXATION_WEIGHT)."""
+    if spec.kind is TaskKind.CLASSIFICATION:
         per_step = F.cross_entropy(outputs.flatten(0, 1), batch.targets.flatten(), reduction="none")
         per_step = per_step.view_as(batch.mask)
+    elif spec.kind is TaskKind.RING:
+        weight = torch.ones(spec.n_outputs, device=outputs.device)
+        weight[spec.fixation] = FIXATION_WEIGHT
+        per_step = ((torch.sigmoid(outputs) - ring_targets(spec, outputs.device)[batch.targets]).square() * weight).mean(-1)
     else:
         per_step = (outputs - batch.targets).square().mean(-1)
     return (per_step * batch.mask).sum() / batch.mask.sum()
@@ -28,14 +74,23 @@ def scores(outputs: torch.Tensor, batch: TrialBatch, spec: TaskSpec) -> dict[str
     """One network's held-out scores: ``loss``, and ``accuracy`` and ``abort_rate`` (classification, see
     :func:`trial_outcomes`; per response period as ``accuracy/<period>`` where there are several; for timing
     tasks ``interval_error_ms``) or ``mse`` and ``r2`` (regression). A classification task without a response
-    period reports the loss only."""
-    metrics = {"loss": task_loss(outputs, batch, spec.kind).item()}
+    period reports the loss only. A task set reports each task's ``accuracy/<task>`` and ``abort_rate/<task>``,
+    and as ``accuracy``, ``abort_rate`` their means over the tasks, ``accuracy_min`` the least."""
+    metrics = {"loss": task_loss(outputs, batch, spec).item()}
     if spec.kind is TaskKind.REGRESSION:
         return metrics | {"mse": masked_mse(outputs, batch), "r2": explained_variance(outputs, batch)}
     if not spec.decision_periods:
         return metrics
     out = trial_outcomes(outputs, batch, spec)
     scored = out.outcome != ABSENT
+    if spec.tasks:
+        task = torch.as_tensor(batch.conditions["task"], device=scored.device)[:, None]
+        for k, name in enumerate(spec.tasks):
+            metrics[f"accuracy/{name}"] = _rate(out.outcome == CORRECT, scored & (task == k))
+            metrics[f"abort_rate/{name}"] = _rate(out.outcome < WRONG, scored & (task == k))
+        accuracies = [metrics[f"accuracy/{name}"] for name in spec.tasks]
+        return metrics | {"accuracy": float(np.nanmean(accuracies)), "accuracy_min": float(np.nanmin(accuracies)),
+                          "abort_rate": float(np.nanmean([metrics[f"abort_rate/{name}"] for name in spec.tasks]))}
     metrics["accuracy"] = _rate(out.outcome == CORRECT, scored)
     metrics["abort_rate"] = _rate(out.outcome < WRONG, scored)
     if len(spec.decision_periods) > 1:
@@ -58,12 +113,17 @@ def scoring(spec: TaskSpec) -> str:
     periods = " and ".join(spec.decision_periods)
     if spec.prod_margin is not None:
         rule = f"a go in {periods} within {spec.prod_margin:g} x interval + 25 ms of the target"
+    elif spec.kind is TaskKind.RING:
+        rule = (f"the ring read-out at the end of {periods} (Yang et al. 2019): fixating (fixation unit above 0.5) "
+                f"where the target is to fixate, else not fixating and the population vector within 0.2 pi of the "
+                f"target direction")
     elif spec.fixation is None:
         rule = f"the choice at the end of {periods}"
     else:
         rule = f"the first response in {periods}"
     aborts = "; broken fixation and no response are aborts, counted as failures" if spec.fixation is not None else ""
-    return f"accuracy of {rule}{aborts}"
+    tasks = f"; each of the {len(spec.tasks)} tasks on its own, then averaged over them" if spec.tasks else ""
+    return f"accuracy of {rule}{aborts}{tasks}"
 
 
 def _rate(hits: torch.Tensor, among: torch.Tensor) -> float:
@@ -101,9 +161,20 @@ def trial_outcomes(outputs: torch.Tensor, batch: TrialBatch, spec: TaskSpec) -> 
       target; where the target is to keep fixating (a no-go trial), correct if there is no response at all;
     - timing tasks (``spec.prod_margin``): correct if the response comes within ``prod_margin * interval + 25``
       ms of the target's first go step, intervals measured from the window's start (NeuroGym's rule);
-    - a task without a fixation action (``spec.fixation`` None): the action at the window's last step.
+    - a task without a fixation action (``spec.fixation`` None): the action at the window's last step;
+    - a ring read-out (``TaskKind.RING``, Yang et al. 2019): the action is to fixate while the fixation unit's
+      sigmoid is above 0.5, else the ring unit nearest the population vector; the response is read at the
+      window's last step, correct if it fixates where the target is to fixate, else if the population vector
+      lies within RING_TOLERANCE of the target's direction (broken fixation before the window is an abort, as
+      above).
     """
-    action, targets, window = outputs.argmax(-1), batch.targets, batch.window
+    targets, window, ring = batch.targets, batch.window, spec.kind is TaskKind.RING
+    if ring:  # fixating while the fixation unit is above 0.5, else pointing to the ring unit nearest its population vector
+        direction = decoded_direction(outputs, spec)
+        nearest = angular_distance(direction[..., None], ring_directions(spec, outputs.device)).nan_to_num(math.inf).argmin(-1)
+        action = torch.where(outputs[..., spec.fixation] > 0, spec.fixation, nearest)
+    else:
+        action = outputs.argmax(-1)
     n_rows, n_steps = action.shape
     steps = torch.arange(n_steps, device=action.device).expand(n_rows, -1)
     fix, n_periods = spec.fixation, max(1, len(spec.decision_periods))
@@ -127,7 +198,13 @@ def trial_outcomes(outputs: torch.Tensor, batch: TrialBatch, spec: TaskSpec) -> 
             responded = first < n_steps
             choice = torch.where(responded, action.gather(1, first.clamp_max(n_steps - 1)[:, None])[:, 0], fix)
             produced = interval = torch.full_like(target, math.nan, dtype=torch.float32)
-            if spec.prod_margin is not None:  # the target is to go at one moment (its first go step)
+            if ring:  # the read-out at the window's last step
+                choice = action.gather(1, last[:, None])[:, 0]
+                responded = choice != fix
+                target_direction = ring_directions(spec, outputs.device)[target]
+                near = angular_distance(direction.gather(1, last[:, None])[:, 0], target_direction) < RING_TOLERANCE
+                correct = torch.where(target == fix, ~responded, responded & near)
+            elif spec.prod_margin is not None:  # the target is to go at one moment (its first go step)
                 go = torch.where(inside & (targets != fix), steps, n_steps).amin(1)
                 target = torch.where(go < n_steps, targets.gather(1, go.clamp_max(n_steps - 1)[:, None])[:, 0], fix)
                 produced = torch.where(responded, (first - start) * spec.dt, math.nan).float()
@@ -149,7 +226,7 @@ def trial_outcomes(outputs: torch.Tensor, batch: TrialBatch, spec: TaskSpec) -> 
                     stack["produced"].float(), stack["interval"].float())
 
 
-OBJECTIVES = {"accuracy": True, "r2": True, "mse": False, "loss": False}  # metric -> higher is better
+OBJECTIVES = {"accuracy": True, "accuracy_min": True, "r2": True, "mse": False, "loss": False}  # metric -> higher is better
 
 
 @dataclass(frozen=True)
@@ -175,13 +252,14 @@ class Objective:
 
 def objective(spec: TaskSpec, setting: str = "auto") -> Objective:
     """The objective ``train.objective`` names: ``auto`` is the accuracy for classification tasks (the loss
-    where no response is scored), the MSE for regression tasks. A metric the task does not report raises a
+    where no response is scored; a task set's mean over its tasks, ``accuracy_min`` its least), the MSE for
+    regression tasks. A metric the task does not report raises a
     one-line ValueError."""
     if spec.kind is TaskKind.REGRESSION:
         reported = ("mse", "r2", "loss")  # as scores()
         what = "regression tasks"
     else:
-        reported = ("accuracy", "loss") if spec.decision_periods else ("loss",)
+        reported = ("accuracy", *(("accuracy_min",) if spec.tasks else ()), "loss") if spec.decision_periods else ("loss",)
         what = "classification tasks" if spec.decision_periods else f"{spec.name} without a response period"
     metric = reported[0] if setting == "auto" else setting
     if metric not in reported:

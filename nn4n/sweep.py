@@ -255,12 +255,13 @@ def summarize(root: Path, seed_key: str = "seed", write: bool = True) -> str:
         raise FileNotFoundError(f"{root}: no job directories (none has .hydra/overrides.yaml)")
     varying, common = _override_keys(jobs)
     metrics = _metric_names(jobs)
+    printed = [m for m in metrics if m.split("/")[0] not in ("accuracy", "abort_rate") or "/" not in m]  # per task, per period: the csv
     counts = {s: sum(j.status == s for j in jobs) for s in ("finished", "running", "requeued", "failed", "missing metrics")}
     out = [f"{len(jobs)} job{'s' * (len(jobs) != 1)} under {root}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)]
     if common:
         out.append("common overrides: " + " ".join(f"{k}={jobs[0].overrides[k]}" for k in common))
-    rows = [[j.name, *(j.overrides.get(k, "") for k in varying), j.status, *(_fmt(j.metrics.get(m, "")) for m in metrics)] for j in jobs]
-    out += ["", _table(["job", *varying, "status", *metrics], rows)]
+    rows = [[j.name, *(j.overrides.get(k, "") for k in varying), j.status, *(_fmt(j.metrics.get(m, "")) for m in printed)] for j in jobs]
+    out += ["", _table(["job", *varying, "status", *printed], rows)]
     for job in jobs:
         if job.error:
             out.append(f"  {job.name}: {job.error}")
@@ -268,7 +269,7 @@ def summarize(root: Path, seed_key: str = "seed", write: bool = True) -> str:
     groups = group_jobs(jobs, seed_key)
     by = [k for k in varying if k != seed_key]
     if any(len(g.jobs) > 1 for g in groups):
-        shown = [m for m in metrics if m != "steps"]
+        shown = [m for m in printed if m != "steps"]
         out += ["", f"mean ± sd over {seed_key} (sample sd; finished jobs only)"]
         grows = [
             [*(g.overrides[k] for k in by), f"{sum(j.status == 'finished' for j in g.jobs)}/{len(g.jobs)}",
@@ -291,7 +292,8 @@ def summarize(root: Path, seed_key: str = "seed", write: bool = True) -> str:
                   [*by, "n_jobs", "n_finished", *(f"{m}_{s}" for m in metrics for s in ("mean", "sd"))],
                   [[*(g.overrides[k] for k in by), len(g.jobs), sum(j.status == "finished" for j in g.jobs),
                     *(v for m in metrics for v in g.stats[m])] for g in groups])
-        out += ["", f"wrote {root / 'summary.csv'} and {root / 'summary_groups.csv'}"]
+        per = " (every task's and response period's scores too)" if len(printed) < len(metrics) else ""
+        out += ["", f"wrote {root / 'summary.csv'} and {root / 'summary_groups.csv'}{per}"]
     out.append(f"TensorBoard (HParams tab compares the jobs): tensorboard --logdir {root}")
     return "\n".join(out)
 

@@ -29,6 +29,7 @@ import numpy as np
 from gymnasium.envs.registration import load_env_creator
 from neurogym.core import TrialEnv
 from neurogym.envs.registration import all_envs
+from neurogym.wrappers.block import ScheduleEnvs
 
 import nn4n_tasks
 
@@ -155,26 +156,57 @@ def _check_timing(period: str, value: Any) -> None:
         )
 
 
-def _build(name: str, kwargs: dict[str, Any]) -> TrialEnv:
+def _build(name: str, kwargs: dict[str, Any]) -> gym.Env:
     try:
         with warnings.catch_warnings():  # gymnasium complains that NeuroGym's metadata lacks render_modes
             warnings.simplefilter("ignore", UserWarning)
-            env = neurogym.make(name, **kwargs).unwrapped
+            return neurogym.make(name, **kwargs)
     except (TypeError, ValueError) as e:
         raise ValueError(f"task.params: cannot make {name}: {_one_line(e)}") from e
-    if not isinstance(env, TrialEnv):
-        raise ValueError(f"task.name: {name} is not a neurogym TrialEnv (it is {type(env).__name__})")
-    return env
 
 
-def make_task(
+@dataclass(frozen=True)
+class Variant:
+    """One trial generator of a task: the task's own TrialEnv, or one of those a NeuroGym collection schedules at
+    random, trial by trial (yang19's go, anti and match families: one per stimulus modality)."""
+
+    env: TrialEnv
+    input_names: dict[str, list[int]]  # observation channels by name; a modality's stimulus is stimulus_mod<k>
+
+
+def _variants(name: str, env: gym.Env) -> list[Variant]:
+    """The TrialEnvs behind ``env``. NeuroGym's modality wrapper puts modality k's stimulus in the k-th of n rings
+    of the observation, names it ``stimulus`` and leaves the other rings unnamed: here the rings are
+    ``stimulus_mod1`` ... ``stimulus_mod<n>``, as in yang19's DM family."""
+    schedule = env
+    while isinstance(schedule, gym.Wrapper) and not isinstance(schedule, ScheduleEnvs):
+        schedule = schedule.env
+    inner = list(schedule.envs) if isinstance(schedule, ScheduleEnvs) else [env]
+    variants = []
+    for wrapped in inner:
+        trial_env = wrapped.unwrapped
+        if not isinstance(trial_env, TrialEnv):
+            raise ValueError(f"task.name: {name} is not a neurogym TrialEnv (it is {type(trial_env).__name__})")
+        names = channel_names(trial_env.observation_space)
+        modality = vars(wrapped).get("modality")
+        if modality is not None and "stimulus" in names:  # rings of n modalities, this variant's stimulus in one
+            ring = np.array(names.pop("stimulus"))
+            first = ring - len(ring) * modality
+            n_modalities = (int(np.prod(trial_env.observation_space.shape)) - first[0]) // len(ring)
+            names |= {f"stimulus_mod{k + 1}": (first + len(ring) * k).tolist() for k in range(n_modalities)}
+        variants.append(Variant(trial_env, names))
+    return variants
+
+
+def make_variants(
     name: str,
     dt: float,
     timing: Mapping[str, Any] | None = None,
     params: Mapping[str, Any] | None = None,
     task_dirs: Sequence[str | Path] = (),
-) -> TrialEnv:
-    """Make the unwrapped TrialEnv of task `name` with time step `dt` (ms).
+) -> list[Variant]:
+    """Make task `name` with time step `dt` (ms): its TrialEnv, or the TrialEnvs a NeuroGym collection
+    schedules (each trial of the task is one of them, drawn uniformly).
 
     `timing` overrides entries of the task's timing dict, `params` are extra constructor
     keyword arguments, `task_dirs` are folders of user task files (besides $NN4N_TASK_PATH).
@@ -185,24 +217,40 @@ def make_task(
         raise ValueError(f"task.name: unknown task '{name}'; known: {', '.join(known)}")
     params = dict(params or {})
     _check_params(name, params)
-    env = _build(name, {**params, "dt": dt})
+    variants = _variants(name, _build(name, {**params, "dt": dt}))
     if timing:
         timing = {k: _plain(v) for k, v in timing.items()}
         for period, value in timing.items():
-            if period not in env.timing:
+            if period not in variants[0].env.timing:
                 raise ValueError(
-                    f"task.timing: unknown period '{period}' for {name}; periods: {', '.join(env.timing)}"
+                    f"task.timing: unknown period '{period}' for {name}; periods: {', '.join(variants[0].env.timing)}"
                 )
             _check_timing(period, value)
-        env = _build(name, {**params, "dt": dt, "timing": timing})
-    return env
+        variants = _variants(name, _build(name, {**params, "dt": dt, "timing": timing}))
+    return variants
+
+
+def make_task(
+    name: str,
+    dt: float,
+    timing: Mapping[str, Any] | None = None,
+    params: Mapping[str, Any] | None = None,
+    task_dirs: Sequence[str | Path] = (),
+) -> TrialEnv:
+    """The TrialEnv of task `name` (see :func:`make_variants`; a collection of several is a ValueError)."""
+    variants = make_variants(name, dt, timing, params, task_dirs)
+    if len(variants) > 1:
+        raise ValueError(f"task.name: {name} schedules {len(variants)} TrialEnvs (make_variants makes them all)")
+    return variants[0].env
 
 
 class TaskKind(str, Enum):
-    """What a task's targets are: a class per step (a Discrete action space), or values (a Box)."""
+    """What a task's targets are: a class per step (a Discrete action space), or values (a Box); the classes of a
+    ring of choices may be read out as a ring (``task.output: ring``, :mod:`nn4n.layout`)."""
 
     CLASSIFICATION = "classification"
     REGRESSION = "regression"
+    RING = "ring"  # classes on a ring, as sigmoid units trained towards a bump and decoded by population vector
 
 
 @dataclass(frozen=True)
@@ -219,6 +267,7 @@ class TaskSpec:
     dt: float
     fixation: int | None = None  # the action that holds fixation (classification tasks that have one)
     prod_margin: float | None = None  # timing tasks: a response counts within prod_margin * interval + 25 ms
+    tasks: tuple[str, ...] = ()  # a task set's task ids, in the order of their rule inputs (() for one task)
 
     @property
     def input_labels(self) -> list[str]:
@@ -228,7 +277,7 @@ class TaskSpec:
     @property
     def output_labels(self) -> list[str]:
         """One label per output channel (a class, for classification), as :attr:`input_labels`."""
-        return _labels(self.output_names, self.n_outputs, "class" if self.kind is TaskKind.CLASSIFICATION else "out")
+        return _labels(self.output_names, self.n_outputs, "out" if self.kind is TaskKind.REGRESSION else "class")
 
 
 def _labels(names: dict[str, list[int]], n: int, unnamed: str) -> list[str]:
@@ -240,7 +289,8 @@ def _labels(names: dict[str, list[int]], n: int, unnamed: str) -> list[str]:
     return labels
 
 
-def _names(space: gym.Space) -> dict[str, list[int]]:
+def channel_names(space: gym.Space) -> dict[str, list[int]]:
+    """A space's channels (or actions) by NeuroGym's names: name -> indices."""
     names = getattr(space, "name", None) or {}
     return {k: [int(v)] if np.isscalar(v) else [int(i) for i in v] for k, v in names.items()}
 
@@ -281,7 +331,7 @@ def task_spec(env: TrialEnv, decision_period: str | Sequence[str] | None = "deci
     if discrete and missing:
         raise ValueError(f"task.decision_period: {missing[0]!r} is not a period of {name} (periods: "
                          f"{', '.join(periods)}; null for none: no accuracy, only the loss)")
-    output_names = _names(env.action_space)
+    output_names = channel_names(env.action_space)
     if output_names:
         fixation = output_names.get("fixation", [None])[0]
     else:  # NeuroGym's convention, action 0, where the trial has periods before its response to fixate through
@@ -292,7 +342,7 @@ def task_spec(env: TrialEnv, decision_period: str | Sequence[str] | None = "deci
         n_inputs=int(np.prod(env.observation_space.shape)),
         n_outputs=int(env.action_space.n) if discrete else int(np.prod(env.action_space.shape)),
         kind=TaskKind.CLASSIFICATION if discrete else TaskKind.REGRESSION,
-        input_names=_names(env.observation_space),
+        input_names=channel_names(env.observation_space),
         output_names=output_names,
         decision_periods=tuple(p for p in wanted if all(part in periods for part in p.split("+"))),
         dt=float(env.dt),

@@ -31,7 +31,7 @@ from .data import TrialBatch, batch_stream
 from .ensemble import Ensemble
 from .errors import ConfigError, TrainingError
 from .evaluate import activity_record, evaluate_ensemble, save_activity
-from .experiment import held_out, run_objective, sampler
+from .experiment import held_out, run_objective
 from .machine import available_device, check_memory, loader_workers, warn_if_above_cores
 from .metrics import scoring, task_loss
 from .monitor import Monitor
@@ -159,7 +159,7 @@ class Trainer:
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         self.cfg, self.run_dir, n_networks = cfg, run_dir, cfg.train.n_networks
-        self.train_data = sampler(cfg.task, n_networks * cfg.train.batch_size, cfg.seed)
+        self.train_data = cfg.task.sampler(n_networks * cfg.train.batch_size, cfg.seed)
         self.spec = self.train_data.spec
         self.objective = run_objective(cfg, self.spec)
         try:
@@ -280,7 +280,7 @@ class Trainer:
         valid = [part.valid for part in parts]
         outputs, activities = self.ensemble(batch.inputs.view(k, -1, *batch.inputs.shape[1:]))
         terms = [
-            {"task": task_loss(out, part, self.spec.kind), **regularization(cfg.train.reg, net, act, ok)}
+            {"task": task_loss(out, part, self.spec), **regularization(cfg.train.reg, net, act, ok)}
             for net, out, act, part, ok in zip(self.networks, outputs, activities, parts, valid)
         ]
         totals = torch.stack([sum(t.values()) for t in terms])  # type: ignore[misc]
@@ -349,7 +349,7 @@ class Trainer:
             if cfg.logging.figures_every and step % cfg.logging.figures_every == 0:
                 monitor.figures(step, activity_record(net, self.held_out, outputs, activity, self.spec))
         mean = {key: float(np.mean([m[key] for m, _, _ in results])) for key in results[0][0]}
-        message = "  ".join(f"{key} {value:.4f}" for key, value in mean.items())
+        message = "  ".join(f"{key} {value:.4f}" for key, value in mean.items() if not (self.spec.tasks and "/" in key))
         (self.progress.set_postfix_str(message) if self.progress else log.info("step %d eval: %s", step, message))
 
     def _save(self, step: int) -> None:
@@ -392,7 +392,8 @@ class Trainer:
         summary = per_network[0] if n_networks == 1 else summarize_networks(per_network)
         summary["objective"] = self.objective.metric  # what a sweep's launcher returns for a finished job
         write_metrics(self.run_dir, summary)
-        log.info("done: %s", "  ".join(f"{k} {v}" for k, v in summary.items() if k not in ("networks", "activity", "scored")))
+        shown = {k: v for k, v in summary.items() if k not in ("networks", "activity", "scored") and not (self.spec.tasks and "/" in k)}
+        log.info("done: %s", "  ".join(f"{k} {v}" for k, v in shown.items()))
         log.info("objective (train.objective): %s %.4g, to %s", self.objective.metric, self.objective.value(summary),
                  self.objective.direction)
         log.info("results in %s", self.run_dir)

@@ -7,7 +7,8 @@ rounds. Then (full run) the thread count study, peak memory against time and bat
 N=1024 / batch 256 / T=500 check. Prints Markdown tables.
 
 Then K networks at once (``Ensemble``) against K one after another, a perturbed forward pass against the
-control's, and an ``nn4n-train`` iteration (real NeuroGym batches from the loader, logging) against the pure model step.
+control's, an ``nn4n-train`` iteration (real NeuroGym batches from the loader, logging) against the pure model step,
+and an iteration on the 20 tasks of Yang et al. 2019 against one of them alone.
 
     python scripts/bench.py [--device cpu|cuda] [--threads K] [--quick] [--nn4n1 VENV]
 """
@@ -353,6 +354,44 @@ def end_to_end_table(args: argparse.Namespace, device: torch.device, n_steps: in
             monitor.close()
 
 
+def multitask_table(args: argparse.Namespace, device: torch.device, n_steps: int = 20) -> None:
+    """A training iteration on Yang et al.'s 20 tasks (rule inputs, ring read-out, every task scored apart)
+    against one of their tasks alone, on fixed batches of the same trial length and size."""
+    from hydra import compose, initialize_config_module
+
+    from nn4n.config import register_schema
+    from nn4n.experiment import resolve
+    from nn4n.train import Trainer
+
+    register_schema()
+    common = [f"train.device={device}", f"train.threads={args.threads}", "model.areas.hidden.size=256",
+              "logging.scalars_every=0", "logging.histograms_every=0", f"train.retain_freed_memory={args.retained}"]
+    runs = {"one task (yang19.dms-v0, ring read-out)": ["task.name=yang19.dms-v0", "+task.params.dim_ring=32", "task.output=ring"],
+            "20 tasks (task=yang19)": ["task=yang19"]}
+    with initialize_config_module("nn4n_configs", version_base="1.3"), tempfile.TemporaryDirectory() as tmp:
+        trainers = {name: Trainer(resolve(compose("config", [*common, *o])), Path(tmp) / str(i)) for i, (name, o) in enumerate(runs.items())}
+        batches = {name: t.train_data.batch(0).to(device) for name, t in trainers.items()}
+        length = {int(b.inputs.shape[1]) for b in batches.values()}
+        print(f"\n### Multitask iteration (E/I N=256, batch 64, T={'/'.join(map(str, sorted(length)))}; {n_steps} steps, "
+              f"best of {args.rounds} interleaved rounds)\n")
+        print("| batch | ms / iteration | / one task |")
+        print("|---|---:|---:|")
+
+        def steps(name: str) -> Step:
+            def run() -> None:
+                for step in range(1, n_steps + 1):
+                    trainers[name].train_step(step, batches[name])
+            return run
+
+        times = best_times({name: steps(name) for name in runs}, device, args.rounds, budget=0)
+        base = times[next(iter(runs))]
+        for name, sec in times.items():
+            print(f"| {name} | {sec / n_steps * 1e3:,.1f} | {sec / base:.2f} |")
+        for t in trainers.values():
+            for monitor in t.monitors:
+                monitor.close()
+
+
 def allocator_child() -> None:
     """(Subprocess) per-iteration times and page faults of four CPU configurations."""
     cpu = torch.device("cpu")
@@ -487,6 +526,7 @@ def main() -> None:
     networks_table(args, device)
     perturbation_table(args, device)
     end_to_end_table(args, device)
+    multitask_table(args, device)
     if not args.quick:
         if device.type == "cpu":
             thread_table(args, device)

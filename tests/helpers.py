@@ -47,3 +47,24 @@ def nn4n_train_in_process(argv: list[str], monkeypatch: pytest.MonkeyPatch, cwd:
     except SystemExit as exit:
         return int(exit.code or 0)
     return 0
+
+
+def assert_batches_equal(a: Any, b: Any) -> None:
+    """Two TrialBatches hold the same trials, field by field."""
+    import numpy as np
+    import torch
+
+    for field in ("inputs", "targets", "mask", "window", "lengths"):
+        assert torch.equal(getattr(a, field), getattr(b, field)), field
+    for x, y in ((a.conditions, b.conditions), (a.epochs, b.epochs)):
+        assert x.keys() == y.keys()
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+
+
+def nn4n_analyze(*args: str, cwd: Path) -> "subprocess.CompletedProcess":
+    """``nn4n-analyze ARGS`` in a subprocess, from ``cwd``."""
+    import subprocess
+
+    return subprocess.run([sys.executable, "-c", "from nn4n.analyze import main; main()", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)

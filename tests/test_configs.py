@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_module
 import nn4n_configs
 from nn4n import CTRNN
 from nn4n.config import Config, TaskConfig, register_schema
-from nn4n.experiment import resolve, sampler
+from nn4n.experiment import resolve
 from nn4n.tasks import TaskKind
 
 CONFIGS = Path(nn4n_configs.__file__).parent
@@ -30,16 +30,16 @@ def compose_config(overrides: list[str]) -> Config:
 @pytest.mark.parametrize("task", options("task"))
 def test_every_task_preset(task: str) -> None:
     cfg = compose_config([f"task={task}", "arch=two_area"])
-    data = sampler(cfg.task, 4, 0)
+    data = cfg.task.sampler(4, 0)
     batch = data.batch(0)
     assert cfg.model.dt == cfg.task.dt and cfg.model.input_size == batch.inputs.shape[-1] == data.spec.n_inputs
     outputs, _ = CTRNN(cfg.model)(batch.inputs)
     assert outputs.shape[-1] == data.spec.n_outputs
-    if data.spec.kind is TaskKind.CLASSIFICATION:
+    if data.spec.kind is not TaskKind.REGRESSION:
         assert (batch.window > 0).any(1).all(), f"{task}: decision period {cfg.task.decision_period!r} never occurs"
     else:
         assert data.spec.decision_periods == ()
-    silent = (sampler(cfg.task, 64, 0).batch(0).inputs.abs().amax((0, 1)) == 0).nonzero().flatten().tolist()
+    silent = (cfg.task.sampler(64, 0, balanced=True).batch(0).inputs.abs().amax((0, 1)) == 0).nonzero().flatten().tolist()
     assert not silent, f"{task}: input channels {silent} are zero in every trial (e.g. a cue shorter than dt)"
 
 

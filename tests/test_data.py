@@ -11,6 +11,7 @@ import torch
 from nn4n.data import TrialBatch, TrialSampler, batch_stream
 from nn4n.tasks import TaskKind
 from nn4n.machine import cores, loader_workers
+from helpers import assert_batches_equal
 
 PDM = "PerceptualDecisionMaking-v0"
 TASKS = [
@@ -28,15 +29,6 @@ TASKS = [
     "PathIntegration-v0",
     "FlipFlop-v0",
 ]
-
-
-def assert_batches_equal(a: TrialBatch, b: TrialBatch) -> None:
-    for field in ("inputs", "targets", "mask", "window", "lengths"):
-        assert torch.equal(getattr(a, field), getattr(b, field)), field
-    for x, y in ((a.conditions, b.conditions), (a.epochs, b.epochs)):
-        assert x.keys() == y.keys()
-        for k in x:
-            np.testing.assert_array_equal(x[k], y[k])
 
 
 def test_perceptual_decision_making_batch():
@@ -128,7 +120,7 @@ def test_sampler_pickles_and_rebuilds_env():
     sampler = TrialSampler("FlipFlop-v0", dt=20, batch_size=4, seed=7)
     expected = sampler.batch(2)
     clone = pickle.loads(pickle.dumps(sampler))
-    assert clone._env is None and clone.spec == sampler.spec
+    assert clone._variants is None and clone.spec == sampler.spec
     assert_batches_equal(clone.batch(2), expected)
 
 

@@ -20,7 +20,7 @@ from nn4n.config import register_schema
 from nn4n.errors import ConfigError, TrainingError
 from nn4n.recurrence import installed_engines
 from nn4n.ensemble import Ensemble, network_seed
-from nn4n.experiment import resolve, sampler
+from nn4n.experiment import resolve
 from nn4n.machine import cores as machine_cores
 from nn4n.train import Trainer
 from helpers import hparams_session
@@ -93,7 +93,7 @@ def test_number_of_networks_is_checked(n_networks: object) -> None:
 
 
 def test_batch_splits_into_one_part_per_network() -> None:
-    batch = sampler(resolve_config([]).task, 6, 0).batch(0)
+    batch = resolve_config([]).task.sampler(6, 0).batch(0)
     parts = batch.split(3)
     assert [len(p.lengths) for p in parts] == [2, 2, 2]
     assert torch.equal(torch.cat([p.inputs for p in parts]), batch.inputs)

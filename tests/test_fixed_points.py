@@ -12,6 +12,7 @@ import pytest
 import scipy.optimize
 import torch
 
+from helpers import nn4n_analyze
 from nn4n import CTRNN
 from nn4n.analysis.fixed_points import Q_TOL, find_fixed_points
 
@@ -115,11 +116,6 @@ def flip_flop_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = subprocess.run([sys.executable, "-m", "nn4n", *FLIP_FLOP, "hydra.run.dir=run"], cwd=cwd, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     return cwd / "run"
-
-
-def nn4n_analyze(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from nn4n.analyze import main; main()", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow

@@ -20,11 +20,16 @@ def pdm():
 
 
 @pytest.fixture(scope="module")
-def padded():
-    return TrialSampler("ContextDecisionMaking-v0", dt=20, batch_size=8, seed=0).batch(0)
+def context_dm():
+    return TrialSampler("ContextDecisionMaking-v0", dt=20, batch_size=8, seed=0)
 
 
-def test_classification_loss_matches_hand_computation(padded):
+@pytest.fixture(scope="module")
+def padded(context_dm):
+    return context_dm.batch(0)
+
+
+def test_classification_loss_matches_hand_computation(padded, context_dm):
     logits = torch.randn(*padded.targets.shape, 3, generator=torch.Generator().manual_seed(0))
     total, weight = 0.0, 0.0
     for b in range(logits.shape[0]):
@@ -33,12 +38,12 @@ def test_classification_loss_matches_hand_computation(padded):
             nll = -torch.log_softmax(logits[b, t], -1)[padded.targets[b, t]].item()
             total, weight = total + w * nll, weight + w
     assert weight == padded.mask.sum().item() > 0
-    assert task_loss(logits, padded, TaskKind.CLASSIFICATION).item() == pytest.approx(total / weight, rel=1e-5)
+    assert task_loss(logits, padded, context_dm.spec).item() == pytest.approx(total / weight, rel=1e-5)
 
 
-def test_classification_loss_ignores_padding_and_backpropagates(padded):
+def test_classification_loss_ignores_padding_and_backpropagates(padded, context_dm):
     logits = torch.zeros(*padded.targets.shape, 3, requires_grad=True)
-    loss = task_loss(logits, padded, TaskKind.CLASSIFICATION)
+    loss = task_loss(logits, padded, context_dm.spec)
     assert loss.item() == pytest.approx(math.log(3), rel=1e-6)  # uniform logits, any weights
     loss.backward()
     pad = padded.mask == 0
@@ -46,11 +51,12 @@ def test_classification_loss_ignores_padding_and_backpropagates(padded):
 
 
 def test_regression_loss_and_masked_mse():
-    batch = TrialSampler("FlipFlop-v0", dt=20, batch_size=4, seed=0, decision_weight=5.0).batch(0)
+    flip_flop = TrialSampler("FlipFlop-v0", dt=20, batch_size=4, seed=0, decision_weight=5.0)
+    batch = flip_flop.batch(0)
     outputs = torch.full_like(batch.targets, 0.5)
     squared = (outputs - batch.targets) ** 2  # (B, T, 3)
     expected = (squared.mean(-1) * batch.mask).sum() / batch.mask.sum()
-    assert task_loss(outputs, batch, TaskKind.REGRESSION).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert task_loss(outputs, batch, flip_flop.spec).item() == pytest.approx(expected.item(), rel=1e-6)
     assert masked_mse(outputs, batch) == pytest.approx(squared.mean().item(), rel=1e-6)  # no padding here
     assert masked_mse(batch.targets, batch) == 0.0
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import nn4n_analyze
 from nn4n.stats import logistic_fit, wilson
 
 FRACTIONS = (0.2, 0.4, 0.6, 0.8, 1.0)
@@ -101,11 +102,6 @@ def test_a_larger_silenced_fraction_never_helps(two_area_runs: Path) -> None:
             low, high = wilson(round(after * n), n)
             assert after <= before + (high - low) / 2, (area, [control, *mean])
         assert mean[-1] < control - 0.3, (area, mean)
-
-
-def nn4n_analyze(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from nn4n.analyze import main; main()", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow

@@ -233,7 +233,8 @@ def run_conditions(model: CTRNN, batch: TrialBatch, spec: TaskSpec,
         kept = record if keep_records or not conditions else None
         conditions.append(Condition(name, chosen.get(name, ()), measures, _psth(activity, batch, groups), data, kept))
     names = [f"{a}/{p}" if p else a for a, p in groups]
-    return PerturbationResults(conditions, spec.kind, names, spec.dt, strength)
+    scored = TaskKind.REGRESSION if spec.kind is TaskKind.REGRESSION else TaskKind.CLASSIFICATION  # a ring read-out chooses classes
+    return PerturbationResults(conditions, scored, names, spec.dt, strength)
 
 
 def of_run(run_dir: str | Path, network: int = 0, checkpoint: str = "best", *,

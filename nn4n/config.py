@@ -42,9 +42,11 @@ class TaskConfig:
     grace: float = 100.0  # ms at the start and after the end of each response window (at most half of it) left out of the loss: time to react
     trials_per_row: int = 1  # consecutive trials per batch row, the state carried across (block rules, history)
     dirs: list[str] = field(default_factory=list)
-    tasks: dict[str, float] = field(default_factory=dict)  # a task set: task id -> sampling weight (name: its label)
+    tasks: list[str] = field(default_factory=list)  # a task set's task ids (name: the set's label)
+    weights: dict[str, float] = field(default_factory=dict)  # sampling weights of a set's tasks (1 unless given; 0: never trained, still scored)
     mixing: str = "trial"  # a task set's trials: each its own task (trial), or one task per batch (batch)
     output: str = "classes"  # classes: a logit per action; ring: sigmoid units on a ring of choices (Yang et al. 2019)
+    hold_fixation: bool = False  # the fixation input on until the first response period (the go cue), whatever the task does
 
     def __post_init__(self) -> None:
         positive(self.dt, "task.dt")
@@ -53,9 +55,11 @@ class TaskConfig:
         non_negative(self.grace, "task.grace")
         choice(self.mixing, ("trial", "batch"), "task.mixing")
         choice(self.output, ("classes", "ring"), "task.output")
-        for task, weight in self.tasks.items():
-            non_negative(weight, f"task.tasks.{task}")
-        check(not self.tasks or any(self.tasks.values()), "task.tasks", "every weight is 0: give a task a weight > 0")
+        check(len(set(self.tasks)) == len(self.tasks), "task.tasks", f"names a task twice: {self.tasks}")
+        for task, weight in self.weights.items():  # a weight of a task not in the set is kept for when it is
+            non_negative(weight, f"task.weights.{task}")
+        check(not self.tasks or any(self.weights.get(t, 1.0) for t in self.tasks), "task.weights",
+              "every weight is 0: give a task a weight > 0")
         check(not self.tasks or self.trials_per_row == 1, "task.trials_per_row",
               f"a task set draws one trial per row, got {self.trials_per_row}")
 
@@ -65,13 +69,20 @@ class TaskConfig:
         from .data import TrialSampler
 
         return TrialSampler(self.name, self.dt, batch_size, seed, self.timing, self.params, self.dirs,
-                            self.decision_weight, self.decision_period, self.trials_per_row, self.grace, self.tasks,
-                            self.mixing, balanced, self.output)
+                            self.decision_weight, self.decision_period, self.trials_per_row, self.grace,
+                            {t: self.weights.get(t, 1.0) for t in self.tasks}, self.mixing, balanced, self.output,
+                            self.hold_fixation)
 
     def spec(self) -> TaskSpec:
         """The task's sizes, channel names and kind; makes the task (imports NeuroGym). A bad name, period or
         parameter raises a one-line ValueError naming its key."""
-        return self.sampler(1, 0).spec
+        import gymnasium
+
+        spec = self.sampler(1, 0).spec  # makes the tasks: registers those of task.dirs
+        unknown = [t for t in self.weights if t not in gymnasium.registry]
+        if unknown:
+            raise ValueError(f"task.weights.{unknown[0]}: unknown task")
+        return spec
 
 
 @dataclass
@@ -258,11 +269,9 @@ def one_line(err: OmegaConfBaseException) -> str:
     key = getattr(err, "full_key", None)
     if isinstance(err.__cause__, ValueError) and not isinstance(err.__cause__, OmegaConfBaseException):
         return str(err.__cause__)  # raised by a schema's own check: already names its key
-    if key and key.startswith("task.tasks."):  # a task id holds dots, which a key path cannot
-        task = key.removeprefix("task.tasks.")
-        return (f"task.tasks: a task id holds dots, so its weight cannot be set key by key; give them as a set: "
-                f"'++task.tasks={{{task}: 1}}' (adds to or changes the preset's weights; weight 0: not trained, still "
-                f"evaluated)")
+    if key and key.startswith("task.weights."):  # a task id holds dots, which a key path cannot
+        return ("task.weights: a task id holds dots, so a weight cannot be set key by key; give them as a set: "
+                "'++task.weights={yang19.go-v0: 2}' (adds to or changes the preset's weights)")
     match = re.match(r"Key '(.+)' not in '(\w+)'", message)
     if match:
         return f"{key or match.group(1)}: unknown key"

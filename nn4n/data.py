@@ -100,7 +100,8 @@ class TrialSampler:
 
     A task set draws each row's task by weight (``mixing="trial"``), or one task for the whole batch
     (``"batch"``, as Yang et al. 2019); ``balanced`` rows go to the tasks in turn (held-out trials: every task
-    alike). Picklable: it keeps the task arguments and builds its envs lazily (in each process).
+    alike). ``hold_fixation``: the fixation input stays on until the first response period of each trial.
+    Picklable: it keeps the task arguments and builds its envs lazily (in each process).
     """
 
     def __init__(
@@ -120,11 +121,13 @@ class TrialSampler:
         mixing: str = "trial",
         balanced: bool = False,
         output: str = "classes",
+        hold_fixation: bool = False,
     ) -> None:
         self.name, self.dt, self.batch_size, self.seed = name, dt, batch_size, seed
         self.timing, self.params, self.task_dirs = timing, params, tuple(task_dirs)
         self.decision_weight, self.decision_period, self.trials_per_row = decision_weight, decision_period, trials_per_row
         self.grace, self.tasks, self.mixing, self.balanced, self.output = grace, dict(tasks or {}), mixing, balanced, output
+        self.hold_fixation = hold_fixation
         self._variants: list[Variant] | None = None
         self._initial_states: list[dict[str, Any]] = []
         self._spec: TaskSpec | None = None
@@ -160,6 +163,8 @@ class TrialSampler:
         if self._spec is None:
             specs = [task_spec(v.env, self.decision_period) for v in self.variants]
             self._spec = layout_spec(self.name, specs, self.layout, tuple(self.tasks), self.output)
+            if self.hold_fixation and "fixation" not in self._spec.input_names:
+                raise ValueError(f"task.hold_fixation: {self.name} has no input named fixation")
         return self._spec
 
     def _reset(self, index: int, variant: int) -> TrialEnv:
@@ -230,6 +235,10 @@ class TrialSampler:
                 targets[b, offset:offset + len(gt)] = gt.reshape(len(gt), *targets.shape[2:])
                 for p, (start, end) in periods.items():
                     epochs[p][b, j] = offset + start, offset + end
+                if self.hold_fixation:  # the fixation cue on until the first response period (the go cue)
+                    first = min((periods[p.split("+")[0]][0] for p in spec.decision_periods if p.split("+")[0] in periods),
+                                default=0)
+                    inputs[b, offset:offset + first, spec.input_names["fixation"][0]] = 1.0
                 for k, p in enumerate(spec.decision_periods):
                     parts = p.split("+")  # "a+b": from a's start to b's end
                     first, last = parts[0], parts[-1]

@@ -355,8 +355,9 @@ def end_to_end_table(args: argparse.Namespace, device: torch.device, n_steps: in
 
 
 def multitask_table(args: argparse.Namespace, device: torch.device, n_steps: int = 20) -> None:
-    """A training iteration on Yang et al.'s 20 tasks (rule inputs, ring read-out, every task scored apart)
-    against one of their tasks alone, on fixed batches of the same trial length and size."""
+    """A training iteration on Yang et al.'s 20 tasks, mixed trial by trial (rule inputs, every trial its own
+    task's mask), against one of their tasks alone, on fixed batches of the same trial length and size (the
+    longest task's: 160 steps)."""
     from hydra import compose, initialize_config_module
 
     from nn4n.config import register_schema
@@ -367,7 +368,7 @@ def multitask_table(args: argparse.Namespace, device: torch.device, n_steps: int
     common = [f"train.device={device}", f"train.threads={args.threads}", "model.areas.hidden.size=256",
               "logging.scalars_every=0", "logging.histograms_every=0", f"train.retain_freed_memory={args.retained}"]
     runs = {"one task (yang19.dms-v0, ring read-out)": ["task.name=yang19.dms-v0", "+task.params.dim_ring=32", "task.output=ring"],
-            "20 tasks (task=yang19)": ["task=yang19"]}
+            "20 tasks mixed in the batch (task=yang19 task.mixing=trial)": ["task=yang19", "task.mixing=trial"]}
     with initialize_config_module("nn4n_configs", version_base="1.3"), tempfile.TemporaryDirectory() as tmp:
         trainers = {name: Trainer(resolve(compose("config", [*common, *o])), Path(tmp) / str(i)) for i, (name, o) in enumerate(runs.items())}
         batches = {name: t.train_data.batch(0).to(device) for name, t in trainers.items()}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CUDA check for a lent GPU machine (no internet; under 5 minutes): the engine, ensemble and perturbation tests on
 # cpu and cuda (the triton engine compiled on cuda, interpreted on cpu), then the quick CUDA benchmark
-# (speed in fp32 and TF32, K networks at once, nn4n-train iteration).
+# (speed in fp32 and TF32, K networks at once, nn4n-train iteration, an iteration on the 20 tasks of task=yang19).
 # Prints everything; exits non-zero if either part fails. Runs this checkout's nn4n, installed or not.
 #   bash scripts/gpu_check.sh            # uses python3 (the one holding a CUDA torch)
 #   PYTHON=path/to/venv/bin/python bash scripts/gpu_check.sh

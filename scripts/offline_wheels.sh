@@ -9,7 +9,7 @@ DIR=${1:?usage: offline_wheels.sh DIR [PYTHON_VERSION]}
 PYVER=${2:-3.12}
 PY=${PYTHON:-python3}
 PACKAGES="hydra-core omegaconf antlr4-python3-runtime neurogym gymnasium farama-notifications loguru natsort
-pydantic-settings pydantic pydantic-core typing-inspection annotated-types python-dotenv tomlkit"
+pydantic-settings pydantic pydantic-core typing-inspection annotated-types python-dotenv tomlkit scikit-learn joblib threadpoolctl"
 
 mkdir -p "$DIR"
 for name in $PACKAGES; do

@@ -14,6 +14,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from nn4n.checkpoint import load_checkpoint
 from nn4n.data import TrialSampler
 from nn4n.layout import shared_layout
 from nn4n.metrics import (BROKE_FIXATION, CORRECT, NO_RESPONSE, WRONG, objective, ring_targets, scores, task_loss,
@@ -227,7 +228,7 @@ def trained_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     skill)."""
     cwd = tmp_path_factory.mktemp("set")
     done = subprocess.run([sys.executable, "-m", "nn4n", "debug=fast", "task=yang19", "model.areas.hidden.size=64",
-                           "++task.tasks={yang19.anti-v0: 0}", "train.eval_trials=40", "hydra.run.dir=run"],
+                           "++task.weights={yang19.anti-v0: 0}", "train.eval_trials=40", "hydra.run.dir=run"],
                           cwd=cwd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     return cwd / "run"
@@ -271,3 +272,39 @@ def test_nn4n_analyze_task_variance(trained_set: Path, tmp_path: Path) -> None:
     assert {"analysis/task_variance/units_by_cluster", "analysis/task_variance/silhouette",
             "analysis/task_variance/lesions"} <= set(events.Tags()["images"])
     assert "units vary, in" in done.stdout and not (trained_set / "analysis").exists()  # out=: the run untouched
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["ei", "vanilla"])
+def test_task_sets_resume_bitwise_in_any_arch_with_several_networks(tmp_path: Path, model: str) -> None:
+    """Two networks of two areas on three tasks (one task per batch): 20 steps straight, or 12 then 8 more."""
+    def train(run: str, steps: int) -> None:
+        done = subprocess.run([sys.executable, "-m", "nn4n", "debug=fast", "task=yang19", f"model={model}", "arch=two_area",
+                               "train.n_networks=2", "task.mixing=batch", "logging=minimal", f"train.steps={steps}",
+                               "task.tasks=[yang19.go-v0,yang19.dm1-v0,yang19.dms-v0]", f"hydra.run.dir={run}"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+
+    train("straight", 20), train("resumed", 12), train("resumed", 20)
+    a, b = (load_checkpoint(tmp_path / run / "checkpoints" / "last.pt") for run in ("straight", "resumed"))
+    assert b["step"] == 20 and len(a["models"]) == 2
+    for mine, theirs in zip(a["models"], b["models"]):
+        assert all(torch.equal(t, theirs[k]) for k, t in mine.items())
+    metrics = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    assert {k for k in metrics["networks"][0] if k.startswith("accuracy/")} == {f"accuracy/yang19.{t}-v0" for t in ("go", "dm1", "dms")}
+
+
+def test_the_fixation_cue_can_be_held_until_the_response() -> None:
+    """NeuroGym's delayed DM turns its fixation input off after the first period; held, it goes off when the
+    response period begins (the paper's go cue). A task that keeps it on already is unchanged."""
+    delayed = {hold: TrialSampler("yang19.dlydm1-v0", 20, 4, 0, params={"dim_ring": 32}, hold_fixation=hold).batch(0)
+               for hold in (False, True)}
+    for b, (start, end) in enumerate(delayed[True].epochs["decision"]):
+        cue = {hold: delayed[hold].inputs[b, :, 0].numpy() for hold in delayed}
+        assert (cue[True][:start] == 1).all() and (cue[True][start:] == 0).all()
+        assert (cue[False][:delayed[False].epochs["fixation"][b, 1]] == 1).all() and (cue[False][delayed[False].epochs["stim1"][b, 0]:] == 0).all()
+        assert torch.equal(delayed[True].inputs[b, :, 1:], delayed[False].inputs[b, :, 1:])  # the stimuli as they were
+    go = {hold: TrialSampler("yang19.go-v0", 20, 4, 0, params={"dim_ring": 32}, hold_fixation=hold).batch(0) for hold in (False, True)}
+    assert_batches_equal(go[True], go[False])
+    with pytest.raises(ValueError, match="task.hold_fixation: PathIntegration-v0 has no input named fixation"):
+        TrialSampler("PathIntegration-v0", 20, 4, 0, hold_fixation=True).spec

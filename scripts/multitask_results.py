@@ -6,7 +6,8 @@ task-variance clusters of each network (``nn4n-analyze analysis=task_variance``)
     python scripts/multitask_results.py --archs single --steps 20000 --out runs/yang19
 
 Each run is one ``nn4n-train`` command (shown in the table) in ``OUT/<arch>``; a finished run (its
-``metrics.json``) is not trained again, an interrupted one resumes.
+``metrics.json``) is not trained again, an interrupted one resumes, and one given more ``--steps`` trains
+further (with a constant learning rate, as the run that had those steps from the start).
 """
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ def train(arch: str, args: argparse.Namespace) -> list[str]:
     """Train (or resume) the ``arch`` network; its command, as the table shows it."""
     overrides = ["task=yang19", *ARCHS[arch], f"train.steps={args.steps}", f"train.eval_every={args.eval_every}",
                  f"train.eval_trials={args.eval_trials}", "logging=minimal", "logging.save_activity=false", *args.set]
-    run_dir = args.out / arch
-    if not (run_dir / "metrics.json").exists():
+    run_dir, metrics = args.out / arch, args.out / arch / "metrics.json"
+    if not metrics.exists() or json.loads(metrics.read_text())["steps"] != args.steps:  # new, stopped, or to train further
         done = subprocess.run([sys.executable, "-m", "nn4n", *overrides, "logging.progress=lines", f"hydra.run.dir={run_dir}"])
         if done.returncode:
             sys.exit(f"{arch}: nn4n-train exited {done.returncode}")

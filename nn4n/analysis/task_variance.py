@@ -95,7 +95,7 @@ class TaskVarianceResults:
     clusters: Clusters
     area: np.ndarray  # (units,) each unit's area index
     area_names: list[str]
-    sign: np.ndarray  # (units,) +1 E, -1 I
+    sign: np.ndarray  # (units,) +1 E, -1 I, 0 without Dale's law
     control: np.ndarray | None = None  # (tasks,) accuracy without lesion
     lesioned: np.ndarray | None = None  # (clusters, tasks) accuracy with each cluster silenced
 
@@ -104,11 +104,12 @@ class TaskVarianceResults:
         return self.clusters.kept[self.clusters.labels == c]
 
     def table(self) -> tuple[list[str], list[list[Any]]]:
-        """``clusters.csv``: each cluster's size, preferred task, E and I units per area, and with lesions every
-        task's accuracy change when it is silenced."""
-        groups = [(a, s) for a in range(len(self.area_names)) for s in (1, -1)]
+        """``clusters.csv``: each cluster's size, preferred task, E and I units per area (units per area without
+        Dale's law), and with lesions every task's accuracy change when it is silenced."""
+        populations = (1, -1) if (self.sign != 0).any() else (0,)  # E and I, or (no Dale's law) the area's units
+        groups = [(a, s) for a in range(len(self.area_names)) for s in populations]
         header = ["cluster", "n_units", "preferred_task",
-                  *(f"{self.area_names[a]}/{'E' if s > 0 else 'I'}" for a, s in groups)]
+                  *(self.area_names[a] + ("/E" if s > 0 else "/I" if s < 0 else "") for a, s in groups)]
         if self.lesioned is not None:
             header += [f"change_accuracy/{t}" for t in self.tasks]
         rows = []

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 from neurogym.core import TrialEnv
@@ -94,6 +95,12 @@ def _is_condition(value: Any) -> bool:
     return isinstance(value, int | float | bool | np.number | np.bool_)
 
 
+def _kept(env: TrialEnv) -> dict[int, Any]:
+    """What a copy of ``env``'s state keeps by reference: the env, and the wrappers it points to (a collection's
+    schedule and the other TrialEnvs in it; only the env's own state makes its trials)."""
+    return {id(env): env} | {id(x): x for x in vars(env).values() if isinstance(x, gym.Env)}
+
+
 class TrialSampler:
     """Deterministic batches of a task, or of a task set (``tasks``: id -> sampling weight, on one
     :mod:`nn4n.layout`): `batch(index)` depends only on (seed, index).
@@ -148,13 +155,13 @@ class TrialSampler:
             except ValueError as err:  # a task of a set is named by task.tasks
                 raise ValueError(str(err).replace("task.name:", "task.tasks:", 1) if self.tasks else str(err)) from None
             self._variants = [v for variants in by_task.values() for v in variants]
-            self._initial_states = [copy.deepcopy(vars(v.env), {id(v.env): v.env}) for v in self._variants]
-            if self._layout is None:
-                self._layout = shared_layout(by_task) if self.tasks else own_layout(self._variants)
+            self._initial_states = [copy.deepcopy(vars(v.env), _kept(v.env)) for v in self._variants]
+            self._layout = shared_layout(by_task) if self.tasks else own_layout(self._variants)
         return self._variants
 
     @property
     def layout(self) -> Layout:
+        """Where each variant's channels and actions go among the network's (:mod:`nn4n.layout`)."""
         self.variants
         return self._layout
 
@@ -170,7 +177,7 @@ class TrialSampler:
     def _reset(self, index: int, variant: int) -> TrialEnv:
         """Return the variant's env in its freshly made state, reseeded from (seed, index, variant)."""
         env = self.variants[variant].env
-        state = copy.deepcopy(self._initial_states[variant], {id(env): env})
+        state = copy.deepcopy(self._initial_states[variant], _kept(env))
         vars(env).clear()
         vars(env).update(state)
         key = [self.seed, index] if variant == 0 else [self.seed, index, variant]

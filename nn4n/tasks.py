@@ -230,20 +230,6 @@ def make_variants(
     return variants
 
 
-def make_task(
-    name: str,
-    dt: float,
-    timing: Mapping[str, Any] | None = None,
-    params: Mapping[str, Any] | None = None,
-    task_dirs: Sequence[str | Path] = (),
-) -> TrialEnv:
-    """The TrialEnv of task `name` (see :func:`make_variants`; a collection of several is a ValueError)."""
-    variants = make_variants(name, dt, timing, params, task_dirs)
-    if len(variants) > 1:
-        raise ValueError(f"task.name: {name} schedules {len(variants)} TrialEnvs (make_variants makes them all)")
-    return variants[0].env
-
-
 class TaskKind(str, Enum):
     """What a task's targets are: a class per step (a Discrete action space), or values (a Box); the classes of a
     ring of choices may be read out as a ring (``task.output: ring``, :mod:`nn4n.layout`)."""

@@ -9,9 +9,16 @@ import pytest
 from neurogym.core import TrialEnv
 
 from nn4n.data import TrialSampler
-from nn4n.tasks import TaskKind, TaskSpec, available_tasks, make_task, task_spec
+from nn4n.tasks import TaskKind, TaskSpec, available_tasks, make_variants, task_spec
 
 NN4N_TASKS = ["FlipFlop-v0", "PathIntegration-v0", "SineWave-v0"]
+
+
+def make_env(*args, **kwargs):
+    """The TrialEnv of a task that has one (most: not NeuroGym's scheduled collections)."""
+    (variant,) = make_variants(*args, **kwargs)
+    return variant.env
+
 
 USER_TASK = '''
 import numpy as np
@@ -50,7 +57,7 @@ def write_user_task(folder: Path, class_name: str) -> Path:
 
 
 def test_make_neurogym_task_unwrapped_with_dt_timing_params():
-    env = make_task("PerceptualDecisionMaking-v0", dt=20, timing={"stimulus": 500}, params={"dim_ring": 4})
+    env = make_env("PerceptualDecisionMaking-v0", dt=20, timing={"stimulus": 500}, params={"dim_ring": 4})
     assert isinstance(env, TrialEnv) and env is env.unwrapped
     env.seed(0)
     env.new_trial()
@@ -60,7 +67,7 @@ def test_make_neurogym_task_unwrapped_with_dt_timing_params():
 
 
 def test_timing_accepts_list_distributions():
-    env = make_task("PerceptualDecisionMaking-v0", dt=20, timing={"stimulus": ["uniform", [400, 800]]})
+    env = make_env("PerceptualDecisionMaking-v0", dt=20, timing={"stimulus": ["uniform", [400, 800]]})
     env.seed(0)
     stim = set()
     for _ in range(50):
@@ -89,7 +96,7 @@ def test_nn4n_tasks_registered_with_gymnasium(name):
 
 
 def test_task_spec_perceptual_decision_making():
-    env = make_task("PerceptualDecisionMaking-v0", dt=20)
+    env = make_env("PerceptualDecisionMaking-v0", dt=20)
     assert task_spec(env) == TaskSpec(
         name="PerceptualDecisionMaking-v0",
         n_inputs=3,
@@ -104,32 +111,32 @@ def test_task_spec_perceptual_decision_making():
 
 
 def test_task_spec_regression_and_missing_decision_period():
-    spec = task_spec(make_task("PathIntegration-v0", dt=20))
+    spec = task_spec(make_env("PathIntegration-v0", dt=20))
     assert (spec.kind, spec.n_inputs, spec.n_outputs, spec.decision_periods) == (TaskKind.REGRESSION, 3, 2, ())
     assert spec.input_names == {"angular_velocity": [0], "heading": [1, 2]}
-    assert task_spec(make_task("ReadySetGo-v0", dt=20), decision_period="production").decision_periods == ("production",)
+    assert task_spec(make_env("ReadySetGo-v0", dt=20), decision_period="production").decision_periods == ("production",)
     assert spec.input_labels == ["angular_velocity", "heading 0", "heading 1"] and spec.output_labels == ["cos", "sin"]
-    tone = task_spec(make_task("ToneDetection-v0", dt=20), decision_period=None)
+    tone = task_spec(make_env("ToneDetection-v0", dt=20), decision_period=None)
     assert tone.input_names == {} and tone.input_labels == ["in 0"]
-    pdm = task_spec(make_task("PerceptualDecisionMaking-v0", dt=20))
+    pdm = task_spec(make_env("PerceptualDecisionMaking-v0", dt=20))
     assert pdm.input_labels == ["fixation", "stimulus 0", "stimulus 1"] and pdm.output_labels == ["fixation", "choice 0", "choice 1"]
 
 
 def test_tasks_nn4n_cannot_supervise_are_named_with_the_reason():
     with pytest.raises(ValueError, match=r"^task\.name: EconomicDecisionMaking-v0 has no ground truth \(its trials only give rewards\)"):
-        task_spec(make_task("EconomicDecisionMaking-v0", dt=20))
+        task_spec(make_env("EconomicDecisionMaking-v0", dt=20))
     with pytest.raises(ValueError, match=r"^task\.name: Reaching1D-v0's ground truth \(\d+, say\) is not one of its 3 actions: "
                                          r"a continuous target under a discrete action space"):
-        task_spec(make_task("Reaching1D-v0", dt=20), decision_period="reach")
+        task_spec(make_env("Reaching1D-v0", dt=20), decision_period="reach")
 
 
 def test_how_responses_are_read():
-    timing = task_spec(make_task("ReadySetGo-v0", dt=20), decision_period="production")
+    timing = task_spec(make_env("ReadySetGo-v0", dt=20), decision_period="production")
     assert (timing.fixation, timing.prod_margin) == (0, 0.2)
-    unnamed = task_spec(make_task("PerceptualDecisionMakingDelayResponse-v0", dt=20))  # NeuroGym's action 0 fixates
+    unnamed = task_spec(make_env("PerceptualDecisionMakingDelayResponse-v0", dt=20))  # NeuroGym's action 0 fixates
     assert (unnamed.output_names, unnamed.fixation) == ({}, 0)
-    assert task_spec(make_task("ToneDetection-v0", dt=20), decision_period="stimulus").fixation is None  # nothing before
-    two = task_spec(make_task("DualDelayMatchSample-v0", dt=20), decision_period=["test1", "test2"])
+    assert task_spec(make_env("ToneDetection-v0", dt=20), decision_period="stimulus").fixation is None  # nothing before
+    two = task_spec(make_env("DualDelayMatchSample-v0", dt=20), decision_period=["test1", "test2"])
     assert two.decision_periods == ("test1", "test2")
 
 
@@ -137,21 +144,21 @@ def test_classification_needs_its_decision_period():
     """Accuracy is read in the decision period: a name the task lacks is an error, not a run without one."""
     with pytest.raises(ValueError, match=r"^task\.decision_period: 'decison' is not a period of PerceptualDecisionMaking-v0 "
                                          r"\(periods: fixation, stimulus, delay, decision; null for none"):
-        task_spec(make_task("PerceptualDecisionMaking-v0", dt=20), decision_period="decison")
+        task_spec(make_env("PerceptualDecisionMaking-v0", dt=20), decision_period="decison")
     with pytest.raises(ValueError, match=r"'decision' is not a period of ToneDetection-v0 \(periods: stimulus, toneTiming"):
-        task_spec(make_task("ToneDetection-v0", dt=20))
+        task_spec(make_env("ToneDetection-v0", dt=20))
 
 
 def test_unknown_task_name():
     with pytest.raises(ValueError, match=r"^task\.name: unknown task 'PercDM-v0'; known: AnnubesEnv-v0, ContextDecisionMaking-v0, ") as e:
-        make_task("PercDM-v0", dt=20)
+        make_env("PercDM-v0", dt=20)
     assert "\n" not in str(e.value) and "SineWave-v0" in str(e.value)
 
 
 def test_bad_task_dir(tmp_path):
     missing = tmp_path / "nowhere"
     with pytest.raises(ValueError, match=f"^task.dirs: '{missing}' is not a directory$"):
-        make_task("GoNogo-v0", dt=20, task_dirs=[missing])
+        make_env("GoNogo-v0", dt=20, task_dirs=[missing])
 
 
 def test_bad_timing_key():
@@ -160,34 +167,34 @@ def test_bad_timing_key():
         "periods: fixation, stimulus, delay, decision"
     )
     with pytest.raises(ValueError) as e:
-        make_task("PerceptualDecisionMaking-v0", dt=20, timing={"foo": 100})
+        make_env("PerceptualDecisionMaking-v0", dt=20, timing={"foo": 100})
     assert str(e.value) == msg
 
 
 def test_bad_params():
     with pytest.raises(ValueError, match=r"^task\.params: unknown parameter 'cohs_typo' for GoNogo-v0; accepted: rewards$"):
-        make_task("GoNogo-v0", dt=20, params={"cohs_typo": 1})
+        make_env("GoNogo-v0", dt=20, params={"cohs_typo": 1})
     with pytest.raises(ValueError, match=r"^task\.params: 'dt' is set by task\.dt"):
-        make_task("GoNogo-v0", dt=20, params={"dt": 10})
+        make_env("GoNogo-v0", dt=20, params={"dt": 10})
     with pytest.raises(ValueError, match=r"^task\.params: cannot make AnnubesEnv-v0: .*session") as e:
-        make_task("AnnubesEnv-v0", dt=20)
+        make_env("AnnubesEnv-v0", dt=20)
     assert "\n" not in str(e.value)
 
 
 def test_non_trialenv_rejected():
     with pytest.raises(ValueError, match=r"^task\.name: CartPole-v1 is not a neurogym TrialEnv"):
-        make_task("CartPole-v1", dt=20)
+        make_env("CartPole-v1", dt=20)
 
 
 def test_user_task_from_task_dirs(tmp_path):
     write_user_task(tmp_path, "UserSignTaskA")
     assert "UserSignTaskA-v0" in available_tasks([tmp_path])
-    env = make_task("UserSignTaskA-v0", dt=20, params={"level": 2.0}, task_dirs=[str(tmp_path)])
+    env = make_env("UserSignTaskA-v0", dt=20, params={"level": 2.0}, task_dirs=[str(tmp_path)])
     env.seed(0)
     trial = env.new_trial()
     assert env.ob.shape == (15, 1) and env.ob[0, 0] == 2.0 * (2 * trial["ground_truth"] - 1)
     # importing again is a no-op; the task is also made like a NeuroGym task
-    assert make_task("UserSignTaskA-v0", dt=20, task_dirs=[tmp_path]).level == 1.0
+    assert make_env("UserSignTaskA-v0", dt=20, task_dirs=[tmp_path]).level == 1.0
     assert isinstance(neurogym.make("UserSignTaskA-v0").unwrapped, TrialEnv)
 
 
@@ -196,7 +203,7 @@ def test_user_task_from_env_var(tmp_path, monkeypatch):
     (tmp_path / "b").mkdir()
     monkeypatch.setenv("NN4N_TASK_PATH", f"{tmp_path / 'b'}:{tmp_path / 'a'}")
     assert "UserSignTaskB-v0" in available_tasks()
-    assert task_spec(make_task("UserSignTaskB-v0", dt=20)).n_inputs == 1
+    assert task_spec(make_env("UserSignTaskB-v0", dt=20)).n_inputs == 1
     monkeypatch.setenv("NN4N_TASK_PATH", str(tmp_path / "missing"))
     with pytest.raises(ValueError, match=r"^NN4N_TASK_PATH: '.*missing' is not a directory$"):  # the variable, not task.dirs
         available_tasks()
@@ -205,7 +212,7 @@ def test_user_task_from_env_var(tmp_path, monkeypatch):
 def test_user_task_name_clash(tmp_path):
     write_user_task(tmp_path, "SineWave")
     with pytest.raises(ValueError, match=r"SineWave-v0 is already registered by nn4n_tasks\.sine_wave:SineWave"):
-        make_task("SineWave-v0", dt=20, task_dirs=[tmp_path])
+        make_env("SineWave-v0", dt=20, task_dirs=[tmp_path])
 
 
 def test_user_task_import_error(tmp_path):
@@ -229,7 +236,7 @@ def test_sine_wave_targets():
 
 
 def test_sine_wave_frequency_range():
-    env = make_task("SineWave-v0", dt=20, params={"freq_range": (0.5, 2.0)})
+    env = make_env("SineWave-v0", dt=20, params={"freq_range": (0.5, 2.0)})
     env.seed(0)
     freqs = [env.new_trial()["frequency"] for _ in range(50)]
     assert 0.5 <= min(freqs) and max(freqs) <= 2.0 and len(set(freqs)) == 50

@@ -307,3 +307,14 @@ def test_the_fixation_cue_can_be_held_until_the_response() -> None:
     assert_batches_equal(go[True], go[False])
     with pytest.raises(ValueError, match="task.hold_fixation: PathIntegration-v0 has no input named fixation"):
         TrialSampler("PathIntegration-v0", 20, 4, 0, hold_fixation=True).spec
+
+
+def test_task_variance_needs_a_task_set() -> None:
+    from nn4n.analysis.task_variance import of_network
+    from nn4n.config import Config, TaskConfig
+    from nn4n.model import CTRNN
+
+    cfg = Config(model={"areas": {"hidden": {"size": 8}}, "input_size": 3, "output_size": 3},
+                 task=TaskConfig(tasks=["PerceptualDecisionMaking-v0"]))
+    with pytest.raises(ValueError, match="^analysis: task_variance needs a task set .* trains PerceptualDecisionMaking-v0 alone"):
+        of_network(CTRNN(cfg.model), cfg)

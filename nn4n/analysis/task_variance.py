@@ -180,11 +180,10 @@ def _accuracies(metrics: dict[str, float], tasks: list[str]) -> np.ndarray:
 def of_network(model: CTRNN, cfg: Any, n_trials: int = 128, min_variance: float = 1e-3, max_clusters: int = 29,
                seed: int = 0, lesion: bool = True) -> TaskVarianceResults:
     """Task variance, clusters and (``lesion``) cluster silencing of ``model`` on its run's task set (``cfg``)."""
-    trials = held_out(cfg)
-    spec = trials.spec
-    if len(spec.tasks) < 2:
-        raise ValueError(f"analysis: task_variance needs a task set (task.tasks); the run trains {spec.name} alone")
-    batch = held_out(cfg, n_trials * len(spec.tasks)).batch(0).to(model.w_rec.device)  # n_trials of each, in turn
+    if len(cfg.task.tasks) < 2:
+        raise ValueError(f"analysis: task_variance needs a task set (task.tasks); the run trains {cfg.task.name} alone")
+    trials = held_out(cfg, n_trials * len(cfg.task.tasks))  # n_trials of each task, in turn
+    spec, batch = trials.spec, trials.batch(0).to(model.w_rec.device)
     metrics, _, activity = evaluate(model, batch, spec)
     rates = activity.rates.cpu().numpy()
     start = batch.epochs["fixation"][:, 1] if "fixation" in batch.epochs else np.zeros(len(rates), dtype=int)

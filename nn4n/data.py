@@ -9,9 +9,10 @@ import functools
 import multiprocessing
 import multiprocessing.connection
 import os
+import signal
 import threading
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -304,9 +305,14 @@ def _identity(batch: TrialBatch) -> TrialBatch:
     return batch
 
 
-def _exit_with_parent(_: int) -> None:
-    """In a loader worker: exit as soon as the training process is gone. Killed (``kill -9``, an OOM kill),
-    it leaves the worker's queue thread blocked on a full pipe, and the worker alive and holding its memory."""
+def _worker_init(_: int) -> None:
+    """In a loader worker: leave SIGINT and SIGTERM to the training process, which checkpoints and then stops its
+    workers (Ctrl-C in a terminal and a cluster's scancel signal every process of the run: a worker killed by
+    one made the training process print a traceback after its one-line message); and exit as soon as the
+    training process is gone. Killed (``kill -9``, an OOM kill), it leaves the worker's queue thread blocked on a
+    full pipe, and the worker alive and holding its memory."""
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, signal.SIG_IGN)
     parent = multiprocessing.parent_process()
     if parent is not None:
         def exit_when_gone() -> None:
@@ -318,9 +324,9 @@ def _exit_with_parent(_: int) -> None:
 
 def batch_stream(
     sampler: TrialSampler, start: int = 0, num_workers: int = 1, pin_memory: bool = False
-) -> Iterator[TrialBatch]:
+) -> Generator[TrialBatch, None, None]:
     """Yield sampler.batch(start), sampler.batch(start + 1), ... forever, prepared ahead by
-    `num_workers` DataLoader worker processes (0: in this process)."""
+    `num_workers` DataLoader worker processes (0: in this process); closing it stops them."""
     sampler.spec  # make the env in this process: forked workers share its initial state
     with warnings.catch_warnings():  # more workers than cores: nn4n-train says so in one line of its own
         warnings.filterwarnings("ignore", "This DataLoader will create", UserWarning)
@@ -330,7 +336,7 @@ def batch_stream(
             shuffle=False,
             num_workers=num_workers,
             collate_fn=_identity,
-            worker_init_fn=_exit_with_parent,
+            worker_init_fn=_worker_init,
             pin_memory=pin_memory,
             generator=torch.Generator(),  # worker seeds must not consume the global RNG (resume = identical run)
             # the platform's own start method, whatever a parent (e.g. joblib's loky workers) made the default

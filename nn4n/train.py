@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Generator, Iterator
 
 import numpy as np
 import torch
@@ -238,12 +238,13 @@ class Trainer:
         if "SLURM_JOB_ID" in os.environ:  # scancel, scontrol and sacct know the job by this id
             array = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
             log.info("SLURM job %s", "_".join(array) if all(array) else os.environ["SLURM_JOB_ID"])
-        stream: Iterator = batch_stream(self.train_data, self.start, self.loader_workers,
-                                        pin_memory=self.device.type == "cuda")
+        stream: Generator = batch_stream(self.train_data, self.start, self.loader_workers,
+                                         pin_memory=self.device.type == "cuda")
         self.progress = _progress(cfg, self.start)
         with _deferred_signals() as received, contextlib.ExitStack() as stack:
             for monitor in self.monitors:
                 stack.callback(monitor.close)
+            stack.callback(stream.close)  # the loader workers stop here, on every way out (they ignore SIGINT/SIGTERM)
             if self.start == 0:
                 self._evaluate(0)  # the untrained network: where the curves start
             for step in range(self.start + 1, last + 1):

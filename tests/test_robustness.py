@@ -398,8 +398,14 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over_cleanly(tmp_path: 
 
 
 @pytest.mark.slow
-def test_sigterm_saves_checkpoint_and_exits(tmp_path: Path) -> None:
+@pytest.mark.parametrize("every_process", [False, True])
+def test_sigterm_saves_checkpoint_and_exits(tmp_path: Path, every_process: bool) -> None:
+    """SIGTERM to the training process, or to its loader worker too (a cluster's scancel, Ctrl-C in a terminal)."""
     proc = start_until_step(tmp_path, 10)
+    workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split() if every_process else []
+    assert workers or not every_process  # train.data_workers=1
+    for pid in workers:
+        os.kill(int(pid), signal.SIGTERM)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM

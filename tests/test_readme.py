@@ -53,7 +53,7 @@ def contains(composed: dict, override: Override) -> bool:
         node = node[part]
     value = override.value()
     if isinstance(value, dict) and override.is_force_add():
-        return all(node[k] | v == node[k] for k, v in value.items())
+        return all(node[k] | v == node[k] if isinstance(v, dict) else node[k] == v for k, v in value.items())
     return node == value
 
 

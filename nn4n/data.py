@@ -9,7 +9,6 @@ import functools
 import multiprocessing
 import multiprocessing.connection
 import os
-import signal
 import threading
 import warnings
 from collections.abc import Generator, Mapping, Sequence
@@ -305,14 +304,9 @@ def _identity(batch: TrialBatch) -> TrialBatch:
     return batch
 
 
-def _worker_init(_: int) -> None:
-    """In a loader worker: leave SIGINT and SIGTERM to the training process, which checkpoints and then stops its
-    workers (Ctrl-C in a terminal and a cluster's scancel signal every process of the run: a worker killed by
-    one made the training process print a traceback after its one-line message); and exit as soon as the
-    training process is gone. Killed (``kill -9``, an OOM kill), it leaves the worker's queue thread blocked on a
-    full pipe, and the worker alive and holding its memory."""
-    for stop in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(stop, signal.SIG_IGN)
+def _exit_with_parent(_: int) -> None:
+    """In a loader worker: exit as soon as the training process is gone. Killed (``kill -9``, an OOM kill),
+    it leaves the worker's queue thread blocked on a full pipe, and the worker alive and holding its memory."""
     parent = multiprocessing.parent_process()
     if parent is not None:
         def exit_when_gone() -> None:
@@ -336,7 +330,7 @@ def batch_stream(
             shuffle=False,
             num_workers=num_workers,
             collate_fn=_identity,
-            worker_init_fn=_worker_init,
+            worker_init_fn=_exit_with_parent,
             pin_memory=pin_memory,
             generator=torch.Generator(),  # worker seeds must not consume the global RNG (resume = identical run)
             # the platform's own start method, whatever a parent (e.g. joblib's loky workers) made the default

@@ -244,7 +244,7 @@ class Trainer:
         with _deferred_signals() as received, contextlib.ExitStack() as stack:
             for monitor in self.monitors:
                 stack.callback(monitor.close)
-            stack.callback(stream.close)  # the loader workers stop here, on every way out (they ignore SIGINT/SIGTERM)
+            stack.callback(stream.close)  # the loader workers stop here, on every way out
             if self.start == 0:
                 self._evaluate(0)  # the untrained network: where the curves start
             for step in range(self.start + 1, last + 1):

@@ -398,20 +398,21 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over_cleanly(tmp_path: 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("every_process", [False, True])
-def test_sigterm_saves_checkpoint_and_exits(tmp_path: Path, every_process: bool) -> None:
-    """SIGTERM to the training process, or to its loader worker too (a cluster's scancel, Ctrl-C in a terminal)."""
+@pytest.mark.parametrize("stop, every_process", [(signal.SIGTERM, False), (signal.SIGINT, True)])
+def test_a_stop_signal_saves_checkpoint_and_exits(tmp_path: Path, stop: signal.Signals, every_process: bool) -> None:
+    """SIGTERM to the training process, or SIGINT to it and its loader worker (Ctrl-C in a terminal)."""
     proc = start_until_step(tmp_path, 10)
     workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split() if every_process else []
     assert workers or not every_process  # train.data_workers=1
     for pid in workers:
-        os.kill(int(pid), signal.SIGTERM)
-    proc.send_signal(signal.SIGTERM)
+        os.kill(int(pid), stop)
+    proc.send_signal(stop)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM
-    assert "SIGTERM at step" in err and "checkpoint saved" in err and "Traceback" not in err
+    assert proc.returncode == 128 + stop and err.count("\n") == 1
+    name = signal.Signals(stop).name
+    assert f"{name} at step" in err and "checkpoint saved" in err and "Traceback" not in err
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    assert f"SIGTERM at step {state['step']}:" in err and not (tmp_path / "run" / "metrics.json").exists()
+    assert f"{name} at step {state['step']}:" in err and not (tmp_path / "run" / "metrics.json").exists()
 
 
 @pytest.mark.slow

@@ -170,8 +170,8 @@ def trial_outcomes(outputs: torch.Tensor, batch: TrialBatch, spec: TaskSpec) -> 
     """
     targets, window, ring = batch.targets, batch.window, spec.kind is TaskKind.RING
     if ring:  # fixating while the fixation unit is above 0.5, else pointing to the ring unit nearest its population vector
-        direction = decoded_direction(outputs, spec)
-        nearest = angular_distance(direction[..., None], ring_directions(spec, outputs.device)).nan_to_num(math.inf).argmin(-1)
+        direction, preferred = decoded_direction(outputs, spec), ring_directions(spec, outputs.device)
+        nearest = angular_distance(direction[..., None], preferred).nan_to_num(math.inf).argmin(-1)
         action = torch.where(outputs[..., spec.fixation] > 0, spec.fixation, nearest)
     else:
         action = outputs.argmax(-1)
@@ -201,8 +201,7 @@ def trial_outcomes(outputs: torch.Tensor, batch: TrialBatch, spec: TaskSpec) -> 
             if ring:  # the read-out at the window's last step
                 choice = action.gather(1, last[:, None])[:, 0]
                 responded = choice != fix
-                target_direction = ring_directions(spec, outputs.device)[target]
-                near = angular_distance(direction.gather(1, last[:, None])[:, 0], target_direction) < RING_TOLERANCE
+                near = angular_distance(direction.gather(1, last[:, None])[:, 0], preferred[target]) < RING_TOLERANCE
                 correct = torch.where(target == fix, ~responded, responded & near)
             elif spec.prod_margin is not None:  # the target is to go at one moment (its first go step)
                 go = torch.where(inside & (targets != fix), steps, n_steps).amin(1)

@@ -255,7 +255,7 @@ def summarize(root: Path, seed_key: str = "seed", write: bool = True) -> str:
         raise FileNotFoundError(f"{root}: no job directories (none has .hydra/overrides.yaml)")
     varying, common = _override_keys(jobs)
     metrics = _metric_names(jobs)
-    printed = [m for m in metrics if m.split("/")[0] not in ("accuracy", "abort_rate") or "/" not in m]  # per task, per period: the csv
+    printed = [m for m in metrics if not m.startswith(("accuracy/", "abort_rate/"))]  # per task and period: the csv only
     counts = {s: sum(j.status == s for j in jobs) for s in ("finished", "running", "requeued", "failed", "missing metrics")}
     out = [f"{len(jobs)} job{'s' * (len(jobs) != 1)} under {root}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)]
     if common:

@@ -9,6 +9,7 @@ import functools
 import multiprocessing
 import multiprocessing.connection
 import os
+import signal
 import threading
 import warnings
 from collections.abc import Generator, Mapping, Sequence
@@ -304,9 +305,12 @@ def _identity(batch: TrialBatch) -> TrialBatch:
     return batch
 
 
-def _exit_with_parent(_: int) -> None:
-    """In a loader worker: exit as soon as the training process is gone. Killed (``kill -9``, an OOM kill),
-    it leaves the worker's queue thread blocked on a full pipe, and the worker alive and holding its memory."""
+def _worker_init(_: int) -> None:
+    """In a loader worker: exit as soon as the training process is gone (killed by ``kill -9`` or the OOM killer,
+    it would leave the worker's queue thread blocked on a full pipe, and the worker alive and holding its
+    memory); and exit quietly on SIGTERM, which ``timeout``, ``scancel`` and ``kill -- -PGID`` send to every
+    process of a run: the training process then checkpoints and reports the stop itself."""
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     parent = multiprocessing.parent_process()
     if parent is not None:
         def exit_when_gone() -> None:
@@ -330,7 +334,7 @@ def batch_stream(
             shuffle=False,
             num_workers=num_workers,
             collate_fn=_identity,
-            worker_init_fn=_exit_with_parent,
+            worker_init_fn=_worker_init,
             pin_memory=pin_memory,
             generator=torch.Generator(),  # worker seeds must not consume the global RNG (resume = identical run)
             # the platform's own start method, whatever a parent (e.g. joblib's loky workers) made the default

@@ -248,9 +248,16 @@ class Trainer:
             if self.start == 0:
                 self._evaluate(0)  # the untrained network: where the curves start
             for step in range(self.start + 1, last + 1):
-                self.train_step(step, next(stream).to(self.device, non_blocking=True))
-                if _every(step, cfg.train.eval_every, last):
-                    self._evaluate(step)
+                try:
+                    batch = next(stream)
+                except RuntimeError:  # a loader worker is gone: by the stop signal sent to every process of the run?
+                    if not received:
+                        raise
+                    step -= 1  # the last finished step is checkpointed, and the stop reported, below
+                else:
+                    self.train_step(step, batch.to(self.device, non_blocking=True))
+                    if _every(step, cfg.train.eval_every, last):
+                        self._evaluate(step)
                 if _every(step, cfg.train.checkpoint_every, last) or received:
                     self._save(step)
                 while received:

@@ -398,9 +398,10 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over_cleanly(tmp_path: 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop, every_process", [(signal.SIGTERM, False), (signal.SIGINT, True)])
+@pytest.mark.parametrize("stop, every_process", [(signal.SIGTERM, False), (signal.SIGTERM, True), (signal.SIGINT, True)])
 def test_a_stop_signal_saves_checkpoint_and_exits(tmp_path: Path, stop: signal.Signals, every_process: bool) -> None:
-    """SIGTERM to the training process, or SIGINT to it and its loader worker (Ctrl-C in a terminal)."""
+    """SIGTERM to the training process (``kill PID``), or to it and its loader worker (``timeout``, ``scancel``),
+    or SIGINT to both (Ctrl-C in a terminal)."""
     proc = start_until_step(tmp_path, 10)
     workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split() if every_process else []
     assert workers or not every_process  # train.data_workers=1

@@ -94,8 +94,9 @@ def _task_variance(target: Any, config: AnalyzeConfig, settings: Any, folder: Pa
     summary = found.summary()
     write_json(folder / "summary.json", summary)
     write_figures(target, settings.name, found.figures())
-    return (f"{summary['units_kept']} units vary, in {summary['n_clusters']} clusters "
-            f"(silhouette {summary['silhouette']:.2f})")
+    bound = summary["n_clusters"] == summary["largest_k_tried"]  # the silhouette may rise further: no k stands out
+    return (f"{summary['units_kept']} units vary, in {summary['n_clusters']} clusters (silhouette "
+            f"{summary['silhouette']:.2f})" + ("; the largest k tried: raise analysis.max_clusters to look further" if bound else ""))
 
 
 ANALYZE = {"fixed_points": _fixed_points, "perturbations": _perturbations, "task_variance": _task_variance}

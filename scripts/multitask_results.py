@@ -46,11 +46,15 @@ def train(arch: str, args: argparse.Namespace) -> list[str]:
     return ["nn4n-train", *overrides]
 
 
-def goal_step(run_dir: Path, tasks: list[str]) -> int | None:
-    """The first evaluation step at which every task reached GOAL_MIN and their mean GOAL_MEAN (None: never)."""
+def eval_curves(run_dir: Path, tasks: list[str]) -> tuple[list[int], np.ndarray]:
+    """The evaluation steps and every task's held-out accuracy at each, (tasks, evaluations), from TensorBoard."""
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0}).Reload()
-    curves = np.array([[e.value for e in events.Scalars(f"eval/accuracy/{t}")] for t in tasks])  # (tasks, evals)
-    steps = [e.step for e in events.Scalars("eval/accuracy")]
+    curves = np.array([[e.value for e in events.Scalars(f"eval/accuracy/{t}")] for t in tasks])
+    return [e.step for e in events.Scalars("eval/accuracy")], curves
+
+
+def goal_step(steps: list[int], curves: np.ndarray) -> int | None:
+    """The first evaluation step at which every task reached GOAL_MIN and their mean GOAL_MEAN (None: never)."""
     reached = (curves.min(0) >= GOAL_MIN) & (curves.mean(0) >= GOAL_MEAN)
     return steps[int(reached.argmax())] if reached.any() else None
 
@@ -64,17 +68,21 @@ def tables(archs: list[str], commands: dict[str, list[str]], args: argparse.Name
     for t in tasks:
         full.append(f"| {t.removeprefix('yang19.').removesuffix('-v0')} | " + " | ".join(
             f"{metrics[a][f'accuracy/{t}']:.3f} ({metrics[a][f'abort_rate/{t}']:.3f})" for a in archs) + " |")
-    summary = ["| network | mean accuracy | least (task) | tasks >= 0.8 | steps | wall (h) | goal reached at step | clusters | command |",
-               "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    summary = ["| network | mean accuracy | least (task) | tasks >= 0.8 | best mean (step) | steps | wall (h) | goal reached at step | clusters | command |",
+               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for a in archs:
         m, by_task = metrics[a], {t: metrics[a][f"accuracy/{t}"] for t in tasks}
         least = min(by_task, key=by_task.get)
-        goal = goal_step(args.out / a, tasks)
+        steps, curves = eval_curves(args.out / a, tasks)
+        goal, best = goal_step(steps, curves), int(curves.mean(0).argmax())
         summary.append(f"| {a} | {m['accuracy']:.3f} | {by_task[least]:.3f} ({least.removeprefix('yang19.').removesuffix('-v0')}) | "
-                       f"{sum(v >= GOAL_MIN for v in by_task.values())}/{len(tasks)} | {m['steps']} | {m['wall_time_s'] / 3600:.2f} | "
-                       f"{goal if goal is not None else 'not reached'} | {clusters[a]['n_clusters']} | `{shlex.join(commands[a])}` |")
-    when = (f"Measured {datetime.date.today().isoformat()} on {cpu_model()} ({platform.machine()}), one run at a time, "
-            f"{args.eval_trials // len(tasks)} held-out trials per task: `{shlex.join(['python', 'scripts/multitask_results.py', *sys.argv[1:]])}`")
+                       f"{sum(v >= GOAL_MIN for v in by_task.values())}/{len(tasks)} | {curves.mean(0)[best]:.3f} ({steps[best]}) | "
+                       f"{m['steps']} | {m['wall_time_s'] / 3600:.2f} | {goal if goal is not None else 'not reached'} | "
+                       f"{clusters[a]['n_clusters']}{' (the largest tried)' if clusters[a]['n_clusters'] == clusters[a]['largest_k_tried'] else ''} | "
+                       f"`{shlex.join(commands[a])}` |")
+    when = (f"Measured {datetime.date.today().isoformat()} on {cpu_model()} ({platform.machine()}), wall time as "
+            f"nn4n-train measured it (other jobs may have shared the cores), {args.eval_trials // len(tasks)} held-out "
+            f"trials per task: `{shlex.join(['python', 'scripts/multitask_results.py', *sys.argv[1:]])}`")
     return "\n".join(full) + f"\n\n{when}.", "\n".join(summary) + f"\n\n{when}."
 
 

@@ -262,6 +262,9 @@ def test_nn4n_analyze_task_variance(trained_set: Path, tmp_path: Path) -> None:
         kept, labels = arrays["kept"], arrays["labels"]
         assert summary["units_kept"] == len(kept) == len(labels) and summary["n_clusters"] == labels.max() + 1
         assert arrays["ks"].tolist() == [2, 3, 4, 5, 6] and summary["silhouette"] == pytest.approx(arrays["silhouette"].max())
+        assert summary["largest_k_tried"] == 6
+        at_bound = summary["n_clusters"] == 6  # the headline says so: the silhouette may rise beyond
+        assert ("raise analysis.max_clusters" in done.stdout + done.stderr) == at_bound
         assert (np.diff(arrays["preferred_task"]) >= 0).all()  # clusters numbered by preferred task
         assert arrays["lesioned_accuracy"].shape == (summary["n_clusters"], 20)
     with open(folder / "clusters.csv") as f:

@@ -135,7 +135,8 @@ class TaskVarianceResults:
     def summary(self) -> dict[str, float]:
         """``summary.json``: the headline numbers (``nn4n-sweep-summary`` shows them)."""
         c = self.clusters
-        return {"n_clusters": c.n_clusters, "silhouette": float(c.silhouette.max()), "units_kept": int(c.kept.size)}
+        return {"n_clusters": c.n_clusters, "silhouette": float(c.silhouette.max()), "units_kept": int(c.kept.size),
+                "largest_k_tried": int(c.ks.max())}
 
     def figures(self) -> dict[str, Any]:
         """The units x tasks map sorted by cluster (Yang et al. 2019, Fig. 2), the silhouette against k, and

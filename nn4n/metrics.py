@@ -122,7 +122,7 @@ def scoring(spec: TaskSpec) -> str:
     else:
         rule = f"the first response in {periods}"
     aborts = "; broken fixation and no response are aborts, counted as failures" if spec.fixation is not None else ""
-    tasks = f"; each of the {len(spec.tasks)} tasks on its own, then averaged over them" if spec.tasks else ""
+    tasks = f"; each of the {len(spec.tasks)} tasks on its own, then averaged over them" if len(spec.tasks) > 1 else ""
     return f"accuracy of {rule}{aborts}{tasks}"
 
 

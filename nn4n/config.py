@@ -252,10 +252,12 @@ class AnalyzeConfig:
     network: int | None = None  # one network of a K-network run (None: every one)
     checkpoint: str = "best"
     device: str = "auto"
+    threads: int = 1  # torch's CPU threads, as train.threads: a second one slows these small matrices on a shared machine
     trust_task_code: bool = False  # import the run's task.dirs (Python files from the run's config)
 
     def __post_init__(self) -> None:
         choice(self.checkpoint, ("best", "last"), "checkpoint")
+        check(self.threads >= 1, "threads", f"must be >= 1, got {self.threads!r}")
         check(self.network is None or self.network >= 0, "network", f"must be >= 0, got {self.network!r}")
 
 

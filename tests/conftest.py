@@ -1,4 +1,5 @@
-"""The triton engine runs on CUDA; without a GPU, its tests run it through Triton's interpreter."""
+"""One torch thread, as nn4n-train and nn4n-analyze default to; the triton engine runs on CUDA, so without a GPU
+its tests run it through Triton's interpreter."""
 import os
 
 import pytest
@@ -8,6 +9,12 @@ from nn4n.recurrence import triton_runs_on  # finds triton without importing it
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # read when triton is imported
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread() -> None:
+    """Small networks in the test process: a second thread only spins against the first (and other jobs)."""
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -152,13 +152,15 @@ def test_the_analysis_command_names_bad_input_in_one_line(flip_flop_run: Path, t
                           (["analysis.q_tol=0"], "analysis.q_tol: must be a finite number > 0"),
                           (["analysis.n_starts=-1"], "analysis.n_starts"),
                           (["analysis.unknown=1"], "analysis.unknown"),
+                          (["threads=0"], "threads: must be >= 1, got 0"),
                           (["run=nowhere"], "run: nowhere is not a directory"),
                           ([f"run={tmp_path}"], "holds no finished nn4n-train run")):
         argv = ["analysis=fixed_points", f"run={flip_flop_run}", *args] if not args[0].startswith("run=") else ["analysis=fixed_points", *args]
         done = nn4n_analyze(*argv, cwd=tmp_path)
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1 and message in lines[0], done.stderr[-2000:]
-        assert lines[0].startswith(("nn4n-analyze: error: analysis.", "nn4n-analyze: error: run:")), lines[0]
+        assert lines[0].startswith(("nn4n-analyze: error: analysis.", "nn4n-analyze: error: run:",
+                                    "nn4n-analyze: error: threads:")), lines[0]
 
 
 @pytest.mark.slow

@@ -15,14 +15,6 @@ from helpers import merge
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks: several threads only spin against each other (and other jobs) on 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 # PFC declared first: neuron order follows the declaration. Layout: PFC 12 E + 3 I, V1 16 E + 4 I,
 # PPC 5 E + 5 I.
 THREE = {

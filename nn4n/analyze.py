@@ -116,9 +116,9 @@ def _main(cfg: DictConfig) -> None:
                 raise ConfigError(f"run: {lock_message(target.run, holder)}")
     except (ConfigError, ValueError, FileNotFoundError) as err:
         fail("nn4n-analyze", err if isinstance(err, ConfigError) else ConfigError(str(err)))
-    import torch
+    from .machine import use_threads
 
-    torch.set_num_threads(config.threads)
+    use_threads("threads", config.threads)
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     job = str(HydraConfig.get().job.num) if sweeping else None
     for target in found:

@@ -36,6 +36,12 @@ def warn_if_above_cores(key: str, count: int, consequence: str) -> None:
         log.warning("%s=%d is more than the %d core(s) this process may use: %s", key, count, n, consequence)
 
 
+def use_threads(key: str, count: int) -> None:
+    """``count`` torch CPU threads for this process; a log line if ``key`` asks for more than its cores."""
+    torch.set_num_threads(count)
+    warn_if_above_cores(key, count, "the threads will wait on each other (see BENCHMARKS.md, Torch threads)")
+
+
 def loader_workers(setting: str, device: torch.device) -> int:
     """Trial-generating processes for ``train.data_workers``: the number given, or for ``auto`` 1 on a CPU
     (the model step is slower than a batch; more would take the model's cores) and, on a GPU, one per

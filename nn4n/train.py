@@ -32,7 +32,7 @@ from .ensemble import Ensemble
 from .errors import ConfigError, TrainingError
 from .evaluate import activity_record, evaluate_ensemble, save_activity
 from .experiment import held_out, run_objective
-from .machine import available_device, check_memory, loader_workers, warn_if_above_cores
+from .machine import available_device, check_memory, loader_workers, use_threads, warn_if_above_cores
 from .metrics import scoring, task_loss
 from .monitor import Monitor
 from .recurrence.rates import RATES
@@ -149,9 +149,7 @@ class Trainer:
     """Everything a run holds between steps: data, networks, optimizer, monitors, best scores."""
 
     def __init__(self, cfg: Config, run_dir: Path) -> None:
-        torch.set_num_threads(cfg.train.threads)
-        warn_if_above_cores("train.threads", cfg.train.threads, "the threads will wait on each other "
-                            "(see BENCHMARKS.md, Torch threads)")
+        use_threads("train.threads", cfg.train.threads)
         if cfg.train.retain_freed_memory:
             retain_freed_memory()
         torch.set_float32_matmul_precision(cfg.train.matmul_precision)

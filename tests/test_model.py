@@ -14,7 +14,6 @@ from nn4n.structure import NetworkConfig
 from helpers import merge
 
 
-
 # PFC declared first: neuron order follows the declaration. Layout: PFC 12 E + 3 I, V1 16 E + 4 I,
 # PPC 5 E + 5 I.
 THREE = {

@@ -17,8 +17,6 @@ from nn4n.checkpoint import load_checkpoint
 from nn4n.errors import ConfigError
 from helpers import hparams_session
 
-pytestmark = pytest.mark.xdist_group(__name__)  # one worker: the module fixture is built once
-
 
 def nn4n_train(*overrides: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(

@@ -25,8 +25,6 @@ from nn4n.machine import cores as machine_cores
 from nn4n.train import Trainer
 from helpers import hparams_session
 
-pytestmark = pytest.mark.xdist_group(__name__)  # one worker: the module fixture is built once
-
 CONFIG = {
     "areas": {"A": {"size": 13, "tau": 60.0}, "B": {"size": 6, "exc_frac": 0.5}},
     "input_size": 3, "output_size": 2, "dale": True, "activation": "retanh",

@@ -16,8 +16,6 @@ from helpers import nn4n_analyze
 from nn4n import CTRNN
 from nn4n.analysis.fixed_points import Q_TOL, find_fixed_points
 
-pytestmark = pytest.mark.xdist_group(__name__)  # one worker: the module fixture is built once
-
 
 def network(w_rec: np.ndarray, activation: str, w_in: np.ndarray | None = None, tau: float = 100.0) -> CTRNN:
     """An unconstrained, fully connected network with the given weights (no biases)."""

@@ -22,8 +22,6 @@ from nn4n.metrics import (BROKE_FIXATION, CORRECT, NO_RESPONSE, WRONG, objective
 from nn4n.tasks import TaskKind, make_variants
 from helpers import assert_batches_equal, nn4n_analyze
 
-pytestmark = pytest.mark.xdist_group(__name__)  # one worker: the module fixture is built once
-
 YANG = {"yang19.go-v0": 1.0, "yang19.dm1-v0": 1.0, "yang19.dms-v0": 2.0}
 
 

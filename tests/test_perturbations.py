@@ -14,8 +14,6 @@ import pytest
 from helpers import nn4n_analyze
 from nn4n.stats import logistic_fit, wilson
 
-pytestmark = pytest.mark.xdist_group(__name__)  # one worker: the module fixture is built once
-
 FRACTIONS = (0.2, 0.4, 0.6, 0.8, 1.0)
 SUBSET_SEEDS = range(4)
 

@@ -17,8 +17,6 @@ from omegaconf import OmegaConf
 
 from nn4n import sweep
 
-pytestmark = pytest.mark.xdist_group(__name__)  # one worker: the module fixture is built once
-
 BIN = Path(sys.executable).parent
 # A few seconds of training per job; lr small enough that no seed diverges in 4 steps.
 FAST = ["debug=fast", "logging=minimal", "train.steps=4", "train.lr=0.001"]

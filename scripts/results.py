@@ -76,7 +76,7 @@ class Row:
     training: str
     overrides: list[str]
     seeds: list[int]
-    runs: list[dict[str, Any]] = field(default_factory=list)  # per seed: metrics.json, or {"error": ...}
+    runs: list[dict[str, Any]] = field(default_factory=list)  # per seed: metrics.json, {"error": ...} or PENDING
 
     @property
     def key(self) -> str:
@@ -108,10 +108,16 @@ def rows(args: argparse.Namespace) -> list[Row]:
     return out
 
 
-def run(row: Row, seed: int, out: Path) -> dict[str, Any]:
-    """Train one seed of ``row`` into ``out`` (skipped when finished); its metrics, or the one-line error."""
+PENDING: dict[str, Any] = {"pending": True}  # a run not trained yet (--no-train)
+
+
+def run(row: Row, seed: int, out: Path, train: bool = True) -> dict[str, Any]:
+    """Train one seed of ``row`` into ``out`` (skipped when finished); its metrics, the one-line error, or
+    PENDING when it is not finished and ``train`` is false."""
     run_dir = out / row.key / f"seed{seed}"
     if not (run_dir / "metrics.json").exists():
+        if not train:
+            return PENDING
         cmd = [sys.executable, "-m", "nn4n", *row.overrides, f"seed={seed}", "logging=minimal", "logging.progress=lines",
                f"hydra.run.dir={run_dir}"]
         done = subprocess.run(cmd, capture_output=True, text=True)
@@ -144,9 +150,12 @@ def chance(row: Row, out: Path) -> str:
 
 def summarize(row: Row, out: Path, ideal: dict[str, float | None]) -> dict[str, str]:
     """The table's cells for ``row``."""
-    ok = [r for r in row.runs if "error" not in r]
+    ok = [r for r in row.runs if "error" not in r and r is not PENDING]
+    pending = row.runs.count(PENDING)
     if not ok:
-        return {"result": f"not run: {row.runs[0]['error']}", "learned": "no"}
+        if pending == len(row.runs):
+            return {"result": "not run yet", "learned": "–"}
+        return {"result": f"not run: {next(r for r in row.runs if 'error' in r)['error']}", "learned": "no"}
     cells: dict[str, str] = {"n": f"{len(ok)}/{len(row.runs)}"}
     failed = [r["error"] for r in row.runs if "error" in r]
     if "accuracy" in ok[0]:
@@ -174,6 +183,9 @@ def summarize(row: Row, out: Path, ideal: dict[str, float | None]) -> dict[str, 
     cells["wall"] = f"{statistics.fmean(r['wall_time_s'] for r in ok) / 60:.1f}"
     if failed:
         cells["result"] += f"; failed: {failed[0]}"
+    if pending:
+        cells["result"] += f"; {pending} seed{'s' * (pending > 1)} not run yet"
+        cells["learned"] = cells["learned"].replace("yes", "so far")
     return cells
 
 
@@ -216,15 +228,17 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides added to every run (an ablation: give it its own --out)")
     parser.add_argument("--no-write", action="store_true", help="print the tables; leave docs/ and README.md as they are")
+    parser.add_argument("--no-train", action="store_true",
+                        help="tabulate the finished runs only; the others are marked 'not run yet'")
     args = parser.parse_args()
     selected = [r for r in rows(args) if not args.tasks or r.task in args.tasks]
     # the seeds every row has first, two-area presets first: the stability seeds last
     jobs = sorted(((row, seed) for row in selected for seed in row.seeds),
                   key=lambda job: (job[1] not in args.seeds, job[0].section != "presets", job[0].arch != "two_area"))
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-        for (row, seed), metrics in zip(jobs, pool.map(lambda job: run(job[0], job[1], args.out), jobs)):
+        for (row, seed), metrics in zip(jobs, pool.map(lambda job: run(job[0], job[1], args.out, not args.no_train), jobs)):
             row.runs.append(metrics)
-            print(f"{row.key} seed {seed}: {metrics.get('accuracy', metrics.get('r2', metrics.get('error', '')))}", flush=True)
+            print(f"{row.key} seed {seed}: {metrics.get('accuracy', metrics.get('r2', metrics.get('error', 'not run yet')))}", flush=True)
     ideal = {row.task: ideal_of(row) for row in selected}
     when = provenance(selected, args)
     tables = {name: table([r for r in selected if r.section == name], args.out, ideal)
@@ -240,10 +254,12 @@ def provenance(selected: list[Row], args: argparse.Namespace) -> str:
     finished = [args.out / row.key / f"seed{seed}" / "metrics.json" for row in selected for seed in row.seeds]
     dates = sorted({datetime.date.fromtimestamp(path.stat().st_mtime).isoformat() for path in finished if path.exists()})
     span = " to ".join(dict.fromkeys([dates[0], dates[-1]])) if dates else datetime.date.today().isoformat()
-    done = [r for row in selected for r in row.runs if "error" not in r]
+    done = [r for row in selected for r in row.runs if "error" not in r and r is not PENDING]
+    pending = sum(row.runs.count(PENDING) for row in selected)
     hours = sum(r["wall_time_s"] for r in done) / 3600
     command = shlex.join(["python", "scripts/results.py", *sys.argv[1:]])
-    return (f"Measured {span} on {cpu_model()} ({platform.machine()}), {args.jobs} runs at once: {len(done)} runs, "
+    waiting = f" ({pending} not run yet)" if pending else ""
+    return (f"Measured {span} on {cpu_model()} ({platform.machine()}), {args.jobs} runs at once: {len(done)} runs{waiting}, "
             f"{hours:.1f} h of training in all (the sum of their wall times): `{command}`")
 
 

@@ -111,6 +111,11 @@ def rows(args: argparse.Namespace) -> list[Row]:
 PENDING: dict[str, Any] = {"pending": True}  # a run not trained yet (--no-train)
 
 
+def measured(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs that have metrics (not failed, not pending)."""
+    return [r for r in runs if "error" not in r and r is not PENDING]
+
+
 def run(row: Row, seed: int, out: Path, train: bool = True) -> dict[str, Any]:
     """Train one seed of ``row`` into ``out`` (skipped when finished); its metrics, the one-line error, or
     PENDING when it is not finished and ``train`` is false."""
@@ -150,7 +155,7 @@ def chance(row: Row, out: Path) -> str:
 
 def summarize(row: Row, out: Path, ideal: dict[str, float | None]) -> dict[str, str]:
     """The table's cells for ``row``."""
-    ok = [r for r in row.runs if "error" not in r and r is not PENDING]
+    ok = measured(row.runs)
     pending = row.runs.count(PENDING)
     if not ok:
         if pending == len(row.runs):
@@ -254,12 +259,13 @@ def provenance(selected: list[Row], args: argparse.Namespace) -> str:
     finished = [args.out / row.key / f"seed{seed}" / "metrics.json" for row in selected for seed in row.seeds]
     dates = sorted({datetime.date.fromtimestamp(path.stat().st_mtime).isoformat() for path in finished if path.exists()})
     span = " to ".join(dict.fromkeys([dates[0], dates[-1]])) if dates else datetime.date.today().isoformat()
-    done = [r for row in selected for r in row.runs if "error" not in r and r is not PENDING]
+    done = measured([r for row in selected for r in row.runs])
     pending = sum(row.runs.count(PENDING) for row in selected)
     hours = sum(r["wall_time_s"] for r in done) / 3600
     command = shlex.join(["python", "scripts/results.py", *sys.argv[1:]])
     waiting = f" ({pending} not run yet)" if pending else ""
-    return (f"Measured {span} on {cpu_model()} ({platform.machine()}), {args.jobs} runs at once: {len(done)} runs{waiting}, "
+    at_once = "" if args.no_train else f", {args.jobs} runs at once"
+    return (f"Measured {span} on {cpu_model()} ({platform.machine()}){at_once}: {len(done)} runs{waiting}, "
             f"{hours:.1f} h of training in all (the sum of their wall times): `{command}`")
 
 

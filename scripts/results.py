@@ -5,14 +5,17 @@ seeds; write the full table to docs/results.md and its summary into README.md. O
     python scripts/results.py --only presets --archs two_area --seeds 0 1 2 3 4
     python scripts/results.py --jobs 4 --out runs/results
 
-Each run is one ``nn4n-train`` command (listed in the table), in ``OUT/<row>/seed<k>``; a finished run (its
-``metrics.json``) is not trained again, so an interrupted invocation continues where it stopped.
+Each run is one ``nn4n-train`` command (listed in the table), in ``OUT/<row>/<config hash>/seed<k>``. Every
+finished run is recorded in ``docs/results.jsonl`` with the hash of its composed config: a recorded run is
+not trained again while that config is unchanged, so an invocation continues where an earlier one (on this
+machine or, through the committed record, another) stopped, and a changed preset trains its rows again.
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
 import datetime
+import hashlib
 import json
 import math
 import platform
@@ -21,14 +24,18 @@ import shlex
 import statistics
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hydra
 import yaml
+from omegaconf import OmegaConf
 
 import nn4n_configs
 from nn4n.analysis.ideal import ideal_accuracy
+from nn4n.config import register_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = Path(nn4n_configs.__file__).parent
@@ -36,6 +43,11 @@ CONFIGS = Path(nn4n_configs.__file__).parent
 PRESETS = sorted(p.stem for p in (CONFIGS / "task").glob("*.yaml") if p.stem != "yang19")
 ARCHS = ("single", "two_area", "three_area")
 LEARNED_ACCURACY, LEARNED_OF_IDEAL, LEARNED_R2 = 0.8, 0.9, 0.9
+LEDGER = ROOT / "docs" / "results.jsonl"
+# what a run records: its held-out scores, activity statistics and wall time
+RECORDED = ("accuracy", "abort_rate", "interval_error_ms", "mse", "r2", "loss", "steps", "wall_time_s", "activity")
+# train keys that change how a run executes, not what it learns: left out of the config hash
+EXECUTION = ("checkpoint_every", "device", "engine", "threads", "retain_freed_memory", "data_workers")
 # NeuroGym 2.3.1's supervised tasks, and four more, by id: what each needs beyond its id (the periods to score)
 NEUROGYM = {
     "AnnubesEnv-v0": ["+task.params={session:{v:0.5,a:0.5},catch_prob:0.5}", "task.decision_period=stimulus"],
@@ -76,7 +88,8 @@ class Row:
     training: str
     overrides: list[str]
     seeds: list[int]
-    runs: list[dict[str, Any]] = field(default_factory=list)  # per seed: metrics.json, {"error": ...} or PENDING
+    config: str = ""  # the hash of its composed config (fingerprint)
+    runs: list[dict[str, Any]] = field(default_factory=list)  # per seed: metrics, {"error": ...} or PENDING
 
     @property
     def key(self) -> str:
@@ -92,6 +105,18 @@ TRAINING = {task: "long" for task in ("delay_match_sample", "delay_match_categor
 TRAINING |= {"sine_wave": "continuous", "flip_flop": "continuous"}
 
 
+def fingerprint(overrides: list[str]) -> str:
+    """The hash of the config ``nn4n-train OVERRIDES`` composes (every key, schema defaults included), less
+    the seed, logging, the run's name and the keys in EXECUTION."""
+    with hydra.initialize_config_module("nn4n_configs", version_base="1.3"):
+        cfg = OmegaConf.to_container(hydra.compose("config", overrides), resolve=False)
+    for key in ("seed", "name", "logging"):
+        cfg.pop(key)
+    for key in EXECUTION:
+        cfg["train"].pop(key)
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def rows(args: argparse.Namespace) -> list[Row]:
     out = []
     if args.only in (None, "presets"):
@@ -105,6 +130,9 @@ def rows(args: argparse.Namespace) -> list[Row]:
         for task, extra in NEUROGYM.items():
             out.append(Row("neurogym", task, "two_area", "long",
                            ["arch=two_area", f"task.name={task}", "train=long", *extra, *args.set], args.seeds))
+    register_schema()
+    for row in out:
+        row.config = fingerprint(row.overrides)
     return out
 
 
@@ -116,19 +144,66 @@ def measured(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in runs if "error" not in r and r is not PENDING]
 
 
-def run(row: Row, seed: int, out: Path, train: bool = True) -> dict[str, Any]:
-    """Train one seed of ``row`` into ``out`` (skipped when finished); its metrics, the one-line error, or
-    PENDING when it is not finished and ``train`` is false."""
-    run_dir = out / row.key / f"seed{seed}"
+class Ledger:
+    """The record of finished runs (one JSON line each), by row, config hash and seed; appended as runs finish."""
+
+    def __init__(self, path: Path, jobs: int) -> None:
+        self.path, self.jobs, self.lock = path, jobs, threading.Lock()
+        lines = path.read_text().splitlines() if path.exists() else []
+        self.entries = {(e["row"], e["config"], e["seed"]): e for e in map(json.loads, filter(None, lines))}
+
+    def get(self, row: Row, seed: int) -> dict[str, Any] | None:
+        return self.entries.get((row.key, row.config, seed))
+
+    def add(self, row: Row, seed: int, run_dir: Path) -> dict[str, Any]:
+        """Record the finished run in ``run_dir``; its entry."""
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        entry = {"row": row.key, "config": row.config, "seed": seed, "command": row.command(),
+                 "date": datetime.date.fromtimestamp((run_dir / "metrics.json").stat().st_mtime).isoformat(),
+                 "cpu": f"{cpu_model()} ({platform.machine()})", "commit": commit(),
+                 "jobs": self.jobs,
+                 "metrics": {k: metrics[k] for k in RECORDED if k in metrics} | {"targets": targets(run_dir)}}
+        with self.lock:
+            with self.path.open("a") as f:
+                f.write(json.dumps(entry) + "\n")
+            self.entries[row.key, row.config, seed] = entry
+        return entry
+
+
+def run(row: Row, seed: int, out: Path, ledger: Ledger, train: bool = True) -> dict[str, Any]:
+    """The metrics of one seed of ``row``: recorded in ``ledger``, or trained into ``out`` and recorded; the
+    one-line error if it fails, PENDING when it is not recorded and ``train`` is false."""
+    if (entry := ledger.get(row, seed)) is not None:
+        return entry["metrics"]
+    if not train:
+        return PENDING
+    run_dir = out / row.key / row.config / f"seed{seed}"
     if not (run_dir / "metrics.json").exists():
-        if not train:
-            return PENDING
         cmd = [sys.executable, "-m", "nn4n", *row.overrides, f"seed={seed}", "logging=minimal", "logging.progress=lines",
                f"hydra.run.dir={run_dir}"]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
             return {"error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1].removeprefix("nn4n-train: error: ")}
-    return json.loads((run_dir / "metrics.json").read_text())
+    return ledger.add(row, seed, run_dir)["metrics"]
+
+
+def targets(run_dir: Path) -> int | None:
+    """The number of distinct correct answers among the run's held-out responses (from its activity)."""
+    import numpy as np
+
+    path = run_dir / "activity.npz"
+    if not path.exists():
+        return None
+    with np.load(path) as record:
+        if "target_choice" not in record:
+            return None
+        return len(np.unique(record["target_choice"][record["outcome"] != -3]))
+
+
+def commit() -> str | None:
+    """The nn4n commit this script runs from (None outside a git checkout)."""
+    done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or None
 
 
 def mean_sd(values: list[float], digits: int) -> str:
@@ -139,21 +214,7 @@ def mean_sd(values: list[float], digits: int) -> str:
     return f"{statistics.fmean(values):.{digits}f}{sd}"
 
 
-def chance(row: Row, out: Path) -> str:
-    """1 / the number of distinct targets among the first seed's held-out responses (from its activity)."""
-    import numpy as np
-
-    path = out / row.key / f"seed{row.seeds[0]}" / "activity.npz"
-    if not path.exists():
-        return "–"
-    with np.load(path) as record:
-        if "target_choice" not in record:
-            return "–"
-        outcome, target = record["outcome"], record["target_choice"]
-        return f"{1 / len(np.unique(target[outcome != -3])):.2f}"
-
-
-def summarize(row: Row, out: Path, ideal: dict[str, float | None]) -> dict[str, str]:
+def summarize(row: Row, ideal: dict[str, float | None]) -> dict[str, str]:
     """The table's cells for ``row``."""
     ok = measured(row.runs)
     pending = row.runs.count(PENDING)
@@ -168,7 +229,7 @@ def summarize(row: Row, out: Path, ideal: dict[str, float | None]) -> dict[str, 
         cells["result"] = f"accuracy {mean_sd(acc, 3)}, aborts {mean_sd([r['abort_rate'] for r in ok], 3)}"
         if "interval_error_ms" in ok[0]:
             cells["result"] += f", interval error {mean_sd([r['interval_error_ms'] for r in ok], 0)} ms"
-        cells["chance"] = chance(row, out)
+        cells["chance"] = f"{1 / ok[0]['targets']:.2f}" if ok[0].get("targets") else "–"
         best = ideal.get(row.task)
         cells["ideal"] = f"{best:.3f}" if best is not None else "–"
         threshold = LEARNED_OF_IDEAL * best if best is not None else LEARNED_ACCURACY
@@ -209,12 +270,12 @@ def cpu_model() -> str:
         return platform.processor() or platform.machine()
 
 
-def table(selected: list[Row], out: Path, ideal: dict[str, float | None]) -> str:
+def table(selected: list[Row], ideal: dict[str, float | None]) -> str:
     header = ("| task | arch | training | seeds run | held-out result (mean ± sd over seeds) | chance | ideal | learned | "
               "E populations: mean rate, largest silent fraction, largest saturated fraction | wall (min) | command |")
     lines = [header, "|" + " --- |" * (header.count("|") - 1)]
     for row in selected:
-        c = summarize(row, out, ideal)
+        c = summarize(row, ideal)
         lines.append(f"| {row.task} | {row.arch} | {row.training} | {c.get('n', '0')} | {c['result']} | {c.get('chance', '–')} "
                      f"| {c.get('ideal', '–')} | {c['learned']} | {c.get('activity', '–')} | {c.get('wall', '–')} | `{row.command()}` |")
     return "\n".join(lines)
@@ -222,7 +283,8 @@ def table(selected: list[Row], out: Path, ideal: dict[str, float | None]) -> str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/results"))
+    parser.add_argument("--out", type=Path, default=Path("runs/results"), help="where runs train")
+    parser.add_argument("--ledger", type=Path, default=LEDGER, help="the record of finished runs (appended)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (one core each)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--extra-two-area-seeds", type=int, nargs="*", default=[3, 4],
@@ -238,35 +300,39 @@ def main() -> None:
     args = parser.parse_args()
     selected = [r for r in rows(args) if not args.tasks or r.task in args.tasks]
     # the seeds every row has first, two-area presets first: the stability seeds last
+    ledger = Ledger(args.ledger, args.jobs)
     jobs = sorted(((row, seed) for row in selected for seed in row.seeds),
                   key=lambda job: (job[1] not in args.seeds, job[0].section != "presets", job[0].arch != "two_area"))
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-        for (row, seed), metrics in zip(jobs, pool.map(lambda job: run(job[0], job[1], args.out, not args.no_train), jobs)):
+        for (row, seed), metrics in zip(jobs, pool.map(lambda job: run(job[0], job[1], args.out, ledger, not args.no_train), jobs)):
             row.runs.append(metrics)
             print(f"{row.key} seed {seed}: {metrics.get('accuracy', metrics.get('r2', metrics.get('error', 'not run yet')))}", flush=True)
     ideal = {row.task: ideal_of(row) for row in selected}
-    when = provenance(selected, args)
-    tables = {name: table([r for r in selected if r.section == name], args.out, ideal)
+    when = provenance(selected, ledger)
+    tables = {name: table([r for r in selected if r.section == name], ideal)
               for name in ("presets", "neurogym") if any(r.section == name for r in selected)}
     print(*tables.values(), when, sep="\n\n")
     if not args.no_write:
         write(tables, when, selected, args)
 
 
-def provenance(selected: list[Row], args: argparse.Namespace) -> str:
-    """When, where and how the runs behind the tables were trained (an interrupted invocation continued
-    by later ones spans several dates)."""
-    finished = [args.out / row.key / f"seed{seed}" / "metrics.json" for row in selected for seed in row.seeds]
-    dates = sorted({datetime.date.fromtimestamp(path.stat().st_mtime).isoformat() for path in finished if path.exists()})
-    span = " to ".join(dict.fromkeys([dates[0], dates[-1]])) if dates else datetime.date.today().isoformat()
-    done = measured([r for row in selected for r in row.runs])
+def provenance(selected: list[Row], ledger: Ledger) -> str:
+    """When, where and how the recorded runs behind the tables were trained (they may span several
+    invocations, dates and commits)."""
+    entries = sorted((e for row in selected for seed in row.seeds if (e := ledger.get(row, seed))), key=lambda e: e["date"])
     pending = sum(row.runs.count(PENDING) for row in selected)
-    hours = sum(r["wall_time_s"] for r in done) / 3600
-    command = shlex.join(["python", "scripts/results.py", *sys.argv[1:]])
     waiting = f" ({pending} not run yet)" if pending else ""
-    at_once = "" if args.no_train else f", {args.jobs} runs at once"
-    return (f"Measured {span} on {cpu_model()} ({platform.machine()}){at_once}: {len(done)} runs{waiting}, "
-            f"{hours:.1f} h of training in all (the sum of their wall times): `{command}`")
+    command = shlex.join(["python", "scripts/results.py", *sys.argv[1:]])
+    if not entries:
+        return f"No run recorded yet{waiting}: `{command}`"
+    span = " to ".join(dict.fromkeys([entries[0]["date"], entries[-1]["date"]]))
+    where = ", ".join(dict.fromkeys(e["cpu"] for e in entries))
+    commits = list(dict.fromkeys(str(e["commit"]) for e in entries))
+    at = f"nn4n {commits[0]}" if len(commits) == 1 else f"nn4n {commits[0]} to {commits[-1]} ({len(commits)} commits)"
+    at_once = "/".join(map(str, sorted({e["jobs"] for e in entries})))
+    hours = sum(e["metrics"]["wall_time_s"] for e in entries) / 3600
+    return (f"Measured {span} on {where} at {at}, {at_once} runs at once: {len(entries)} runs{waiting}, "
+            f"{hours:.1f} h of training in all (the sum of their wall times; every run in docs/results.jsonl): `{command}`")
 
 
 def replace_between(path: Path, name: str, text: str, script: str = "scripts/results.py") -> None:
@@ -284,7 +350,7 @@ def write(sections: dict[str, str], when: str, selected: list[Row], args: argpar
     two_area = [r for r in selected if r.section == "presets" and r.arch == "two_area"]
     if not two_area:
         return
-    summary = table(two_area, args.out, {}).splitlines()
+    summary = table(two_area, {}).splitlines()
     keep = [0, 2, 3, 4, 7, 9]  # task, training, seeds, result, learned, wall
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in summary]
     short = ["| " + " | ".join(cells[i][k] for k in keep) + " |" for i in range(len(cells))]

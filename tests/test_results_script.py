@@ -1,0 +1,67 @@
+"""scripts/results.py: runs are recorded with the hash of their composed config, reused while it holds and
+trained again when it changes."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "results.py"
+
+
+@pytest.fixture(scope="module")
+def results():
+    spec = importlib.util.spec_from_file_location("results_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    module.register_schema()
+    return module
+
+
+def test_fingerprint_follows_what_a_run_learns(results) -> None:
+    base = results.fingerprint(["arch=two_area", "task=go_nogo"])
+    assert results.fingerprint(["arch=two_area", "task=go_nogo"]) == base
+    # how the run executes and the seed (a separate key of the record) leave it unchanged
+    assert results.fingerprint(["arch=two_area", "task=go_nogo", "train.device=cpu", "train.threads=2", "seed=3"]) == base
+    changed = [["arch=three_area", "task=go_nogo"], ["arch=two_area", "task=pulse_dm"],
+               ["arch=two_area", "task=go_nogo", "train.lr=0.001"], ["arch=two_area", "task=go_nogo", "++task.timing.decision=300"],
+               ["arch=two_area", "task=go_nogo", "model.areas.motor.tau=150"]]
+    assert len({base, *(results.fingerprint(overrides) for overrides in changed)}) == 1 + len(changed)
+
+
+def _results(tmp_path: Path, *args: str) -> str:
+    done = subprocess.run([sys.executable, str(SCRIPT), "--only", "presets", "--archs", "single", "--seeds", "0",
+                           "--out", str(tmp_path / "runs"), "--ledger", str(tmp_path / "results.jsonl"), "--no-write", *args],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_a_recorded_run_is_reused_until_its_config_changes(tmp_path: Path) -> None:
+    short = ["--set", "train.steps=4", "train.eval_every=4", "train.eval_trials=16"]
+    first = _results(tmp_path, "--tasks", "go_nogo", *short)
+    (entry,) = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert (entry["row"], entry["seed"], entry["jobs"]) == ("go_nogo_single_default", 0, 2)
+    run_dir = tmp_path / "runs" / entry["row"] / entry["config"] / "seed0"
+    assert entry["metrics"]["accuracy"] == json.loads((run_dir / "metrics.json").read_text())["accuracy"]
+    assert entry["metrics"]["targets"] == 2 and entry["metrics"]["steps"] == 4
+    assert "1 runs" in first and "| go_nogo | single | default | 1/1 |" in first
+
+    # the run folders are gone: the record alone gives the same table, and nothing trains again
+    for path in sorted(tmp_path.joinpath("runs").rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    again = _results(tmp_path, "--tasks", "go_nogo", "context_dm", "--no-train", *short)
+    assert first.split("\n\n")[0].splitlines()[2] in again  # go_nogo's line, unchanged
+    assert "| context_dm | single | default | 0 | not run yet |" in again and "(1 not run yet)" in again
+    assert not any(tmp_path.joinpath("runs").iterdir())
+
+    # another config (more steps) is another row: trained and recorded beside the first
+    _results(tmp_path, "--tasks", "go_nogo", "--set", "train.steps=6", "train.eval_every=6", "train.eval_trials=16")
+    entries = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [e["metrics"]["steps"] for e in entries] == [4, 6] and entries[0]["config"] != entries[1]["config"]

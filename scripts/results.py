@@ -101,7 +101,7 @@ class Row:
 
 # The training preset of each task preset that does not learn in train=default's 1000 steps (docs/science.md)
 TRAINING = {task: "long" for task in ("delay_match_sample", "delay_match_category", "interval_discrimination",
-                                      "pdm_delay_response", "perceptual_dm", "multisensory", "path_integration")}
+                                      "pdm_delay_response", "perceptual_dm", "pulse_dm", "multisensory", "path_integration")}
 TRAINING |= {"sine_wave": "continuous", "flip_flop": "continuous"}
 
 

@@ -299,8 +299,8 @@ def main() -> None:
                         help="tabulate the finished runs only; the others are marked 'not run yet'")
     args = parser.parse_args()
     selected = [r for r in rows(args) if not args.tasks or r.task in args.tasks]
-    # the seeds every row has first, two-area presets first: the stability seeds last
     ledger = Ledger(args.ledger, args.jobs)
+    # the seeds every row has first, two-area presets first: the stability seeds last
     jobs = sorted(((row, seed) for row in selected for seed in row.seeds),
                   key=lambda job: (job[1] not in args.seeds, job[0].section != "presets", job[0].arch != "two_area"))
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:

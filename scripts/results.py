@@ -130,9 +130,6 @@ def rows(args: argparse.Namespace) -> list[Row]:
         for task, extra in NEUROGYM.items():
             out.append(Row("neurogym", task, "two_area", "long",
                            ["arch=two_area", f"task.name={task}", "train=long", *extra, *args.set], args.seeds))
-    register_schema()
-    for row in out:
-        row.config = fingerprint(row.overrides)
     return out
 
 
@@ -149,6 +146,7 @@ class Ledger:
 
     def __init__(self, path: Path, jobs: int) -> None:
         self.path, self.jobs, self.lock = path, jobs, threading.Lock()
+        self.machine, self.commit = f"{cpu_model()} ({platform.machine()})", commit()
         lines = path.read_text().splitlines() if path.exists() else []
         self.entries = {(e["row"], e["config"], e["seed"]): e for e in map(json.loads, filter(None, lines))}
 
@@ -160,8 +158,7 @@ class Ledger:
         metrics = json.loads((run_dir / "metrics.json").read_text())
         entry = {"row": row.key, "config": row.config, "seed": seed, "command": row.command(),
                  "date": datetime.date.fromtimestamp((run_dir / "metrics.json").stat().st_mtime).isoformat(),
-                 "cpu": f"{cpu_model()} ({platform.machine()})", "commit": commit(),
-                 "jobs": self.jobs,
+                 "cpu": self.machine, "commit": self.commit, "jobs": self.jobs,
                  "metrics": {k: metrics[k] for k in RECORDED if k in metrics} | {"targets": targets(run_dir)}}
         with self.lock:
             with self.path.open("a") as f:
@@ -299,6 +296,9 @@ def main() -> None:
                         help="tabulate the finished runs only; the others are marked 'not run yet'")
     args = parser.parse_args()
     selected = [r for r in rows(args) if not args.tasks or r.task in args.tasks]
+    register_schema()
+    for row in selected:
+        row.config = fingerprint(row.overrides)
     ledger = Ledger(args.ledger, args.jobs)
     # the seeds every row has first, two-area presets first: the stability seeds last
     jobs = sorted(((row, seed) for row in selected for seed in row.seeds),

@@ -39,8 +39,9 @@ from nn4n.config import register_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = Path(nn4n_configs.__file__).parent
-# task=yang19 (20 tasks in one network) has its own table: scripts/multitask_results.py
-PRESETS = sorted(p.stem for p in (CONFIGS / "task").glob("*.yaml") if p.stem != "yang19")
+# task=yang19 (20 tasks in one network) has its own table (scripts/multitask_results.py); task=neurogym, the
+# default, is a task by its id: NeuroGym's PerceptualDecisionMaking-v0 is among the ids below
+PRESETS = sorted(p.stem for p in (CONFIGS / "task").glob("*.yaml") if p.stem not in ("yang19", "neurogym"))
 ARCHS = ("single", "two_area", "three_area")
 LEARNED_ACCURACY, LEARNED_OF_IDEAL, LEARNED_R2 = 0.8, 0.9, 0.9
 LEDGER = ROOT / "docs" / "results.jsonl"

@@ -43,6 +43,13 @@ def test_every_task_preset(task: str) -> None:
     assert not silent, f"{task}: input channels {silent} are zero in every trial (e.g. a cue shorter than dt)"
 
 
+def test_a_task_by_id_keeps_its_own_timing() -> None:
+    """The default task preset sets nothing a preset's window could leak into: ``task.name=X`` is X as shipped."""
+    by_id, preset = compose_config(["task.name=GoNogo-v0"]).task, compose_config(["task=perceptual_dm"]).task
+    assert (by_id.timing, by_id.params) == ({}, {}) and compose_config([]).task.name == preset.name
+    assert preset.timing == {"decision": 300}
+
+
 @pytest.mark.parametrize("model", options("model"))
 @pytest.mark.parametrize("arch", options("arch"))
 def test_every_model_and_arch(model: str, arch: str) -> None:

@@ -65,3 +65,23 @@ def test_a_recorded_run_is_reused_until_its_config_changes(tmp_path: Path) -> No
     _results(tmp_path, "--tasks", "go_nogo", "--set", "train.steps=6", "train.eval_every=6", "train.eval_trials=16")
     entries = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [e["metrics"]["steps"] for e in entries] == [4, 6] and entries[0]["config"] != entries[1]["config"]
+
+
+def test_a_neurogym_id_that_cannot_be_learned_as_shipped_says_why(results) -> None:
+    def learned(task: str, accuracy: float) -> str:
+        row = results.Row("neurogym", task, "two_area", "long", [f"task.name={task}"], [0, 1])
+        row.runs = [{"accuracy": accuracy, "abort_rate": 0.0, "wall_time_s": 60.0, "targets": 2}] * 2
+        return results.summarize(row, {})["learned"]
+
+    assert learned("DelayMatchCategory-v0", 0.95) == "yes"
+    assert learned("DelayMatchCategory-v0", 0.5).startswith("no, as NeuroGym ships it: its two ring inputs")
+    assert learned("DelayMatchCategory-v0", 0.5).endswith("(`task=delay_match_category` changes that)")
+    assert learned("GoNogo-v0", 0.5) == "no"  # no reason known: a plain no
+    assert set(results.AS_SHIPPED) <= set(results.NEUROGYM)
+
+
+def test_a_timing_task_has_no_chance_level_by_counting(results) -> None:
+    row = results.Row("neurogym", "ReadySetGo-v0", "two_area", "long", ["task.name=ReadySetGo-v0"], [0])
+    row.runs = [{"accuracy": 0.9, "abort_rate": 0.0, "interval_error_ms": 12.0, "wall_time_s": 60.0, "targets": 1}]
+    cells = results.summarize(row, {})
+    assert cells["chance"] == "–" and cells["result"].endswith("interval error 12 ms") and cells["learned"] == "yes"

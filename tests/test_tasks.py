@@ -278,3 +278,46 @@ def test_flip_flop_can_start_every_bit_at_a_random_sign():
     assert (batch.targets.numpy() != 0).all()  # never 0: only the 8 sign patterns are memory states
     with pytest.raises(ValueError, match="initial: must be 'zero' or 'random'"):
         TrialSampler("FlipFlop-v0", dt=20, batch_size=1, seed=0, params={"initial": "never"}).batch(0)
+
+
+# scripts/results.py explains why four NeuroGym ids cannot be learned as shipped; each reason, checked on the task
+def _trials(name: str, n: int = 20, **trial) -> list:
+    env = make_env(name, 20.0)
+    env.seed(0)
+    out = []
+    for _ in range(n):
+        env.new_trial(**trial)
+        out.append((dict(env.start_ind), dict(env.end_ind), env.ob.copy(), env.gt.copy()))
+    return out
+
+
+def test_context_decision_making_as_shipped_never_says_when_to_answer() -> None:
+    onsets = set()
+    for start, end, ob, _ in _trials("ContextDecisionMaking-v0"):
+        assert not ob[start["stimulus"]:, 0].any()  # the fixation input is off from the stimulus on
+        assert not ob[start["delay"]:].any()  # delay and decision: every input silent
+        onsets.add(start["decision"])
+    assert len(onsets) > 5  # and the decision starts at a random time
+
+
+def test_delay_match_category_as_shipped_shows_both_categories_alike() -> None:
+    env = make_env("DelayMatchCategory-v0", 20.0)
+    theta = np.asarray(env.theta)
+    np.testing.assert_allclose(theta, [0, np.pi])
+    # a direction in the upper half circle and its mirror image in the lower half give the same input
+    for direction in np.linspace(0.1, 3.0, 7):
+        np.testing.assert_allclose(np.cos(theta - direction), np.cos(theta + direction), atol=1e-12)
+
+
+def test_pulse_decision_making_as_shipped_has_no_evidence_at_20_ms() -> None:
+    for start, end, ob, _ in _trials("PulseDecisionMaking-v0"):
+        assert all(end[f"cue{k}"] == start[f"cue{k}"] for k in range(6))  # every 10 ms pulse: no step
+        assert not ob[:, 1:].any()
+
+
+def test_hierarchical_reasoning_as_shipped_never_shows_the_rule() -> None:
+    for stimulus in (0, 1):
+        (a,), (b,) = (_trials("HierarchicalReasoning-v0", 1, rule=rule, stimulus=stimulus) for rule in (0, 1))
+        assert a[0] == b[0]  # the same periods
+        np.testing.assert_array_equal(a[2], b[2])  # the same inputs
+        assert (a[3] != b[3]).any()  # and other targets

@@ -301,12 +301,9 @@ def test_context_decision_making_as_shipped_never_says_when_to_answer() -> None:
 
 
 def test_delay_match_category_as_shipped_shows_both_categories_alike() -> None:
-    env = make_env("DelayMatchCategory-v0", 20.0)
-    theta = np.asarray(env.theta)
-    np.testing.assert_allclose(theta, [0, np.pi])
-    # a direction in the upper half circle and its mirror image in the lower half give the same input
-    for direction in np.linspace(0.1, 3.0, 7):
-        np.testing.assert_allclose(np.cos(theta - direction), np.cos(theta + direction), atol=1e-12)
+    # ring inputs at 0 and π only: cos(θ - x) = cos(θ + x) for both, so a direction in the upper half circle
+    # and its mirror image in the lower half give the same input
+    np.testing.assert_allclose(make_env("DelayMatchCategory-v0", 20.0).theta, [0, np.pi])
 
 
 def test_pulse_decision_making_as_shipped_has_no_evidence_at_20_ms() -> None:

@@ -36,6 +36,7 @@ from omegaconf import OmegaConf
 import nn4n_configs
 from nn4n.analysis.ideal import ideal_accuracy
 from nn4n.config import register_schema
+from nn4n.metrics import ABSENT
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = Path(nn4n_configs.__file__).parent
@@ -199,7 +200,8 @@ def run(row: Row, seed: int, out: Path, ledger: Ledger, train: bool = True) -> d
 
 
 def targets(run_dir: Path) -> int | None:
-    """The number of distinct correct answers among the run's held-out responses (from its activity)."""
+    """The number of distinct correct answers in one response period of the run's held-out trials (the
+    largest over its periods: a task scored in several asks a different question in each)."""
     import numpy as np
 
     path = run_dir / "activity.npz"
@@ -208,7 +210,8 @@ def targets(run_dir: Path) -> int | None:
     with np.load(path) as record:
         if "target_choice" not in record:
             return None
-        return len(np.unique(record["target_choice"][record["outcome"] != -3]))
+        answers, present, period = record["target_choice"], record["outcome"] != ABSENT, record["response_period"]
+        return max(len(np.unique(answers[:, period == name][present[:, period == name]])) for name in np.unique(period))
 
 
 def commit() -> str | None:

@@ -85,3 +85,19 @@ def test_a_timing_task_has_no_chance_level_by_counting(results) -> None:
     row.runs = [{"accuracy": 0.9, "abort_rate": 0.0, "interval_error_ms": 12.0, "wall_time_s": 60.0, "targets": 1}]
     cells = results.summarize(row, {})
     assert cells["chance"] == "–" and cells["result"].endswith("interval error 12 ms") and cells["learned"] == "yes"
+
+
+def test_chance_counts_the_answers_of_one_response_period(results, tmp_path: Path) -> None:
+    import numpy as np
+
+    # two trials, each scored in a rule period (answers 1 or 2) and a decision period (3 or 4): four answers
+    # in all, two per question; the second trial's last window is absent (-3), its target not an answer
+    np.savez(tmp_path / "activity.npz", target_choice=np.array([[1, 3, 2, 4], [2, 4, 1, 0]]),
+             outcome=np.array([[1, 0, 1, 1], [1, -1, 0, -3]]),
+             response_period=np.array(["rule", "decision", "rule", "decision"]))
+    assert results.targets(tmp_path) == 2
+    np.savez(tmp_path / "activity.npz", target_choice=np.array([[1, 3], [2, 4], [3, 1]]),
+             outcome=np.ones((3, 2), dtype=int), response_period=np.array(["rule", "decision"]))
+    assert results.targets(tmp_path) == 3
+    (tmp_path / "activity.npz").unlink()
+    assert results.targets(tmp_path) is None

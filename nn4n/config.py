@@ -40,6 +40,7 @@ class TaskConfig:
     decision_period: Any = "decision"  # the response period, a list of them (each scored), or null
     decision_weight: float = 5.0
     grace: float = 100.0  # ms at the start and after the end of each response window (at most half of it) left out of the loss: time to react
+    penalize_guess: bool = True  # in the grace at a window's start, a wrong answer costs (waiting or the answer do not)
     trials_per_row: int = 1  # consecutive trials per batch row, the state carried across (block rules, history)
     dirs: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)  # a task set's task ids (name: the set's label)
@@ -69,7 +70,7 @@ class TaskConfig:
         from .data import TrialSampler
 
         return TrialSampler(self.name, self.dt, batch_size, seed, self.timing, self.params, self.dirs,
-                            self.decision_weight, self.decision_period, self.trials_per_row, self.grace,
+                            self.decision_weight, self.decision_period, self.trials_per_row, self.grace, self.penalize_guess,
                             {t: self.weights.get(t, 1.0) for t in self.tasks}, self.mixing, balanced, self.output,
                             self.hold_fixation)
 

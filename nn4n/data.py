@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from .layout import Layout, layout_spec, own_layout, shared_layout
 from .tasks import TaskKind, TaskSpec, Variant, make_variants, task_spec
 
-_TENSORS = ("inputs", "targets", "mask", "window", "lengths")
+_TENSORS = ("inputs", "targets", "mask", "window", "react", "lengths")
 
 
 @dataclass
@@ -41,6 +41,7 @@ class TrialBatch:
     targets: torch.Tensor  # (B, T) int64 (classification) or (B, T, n_out) float32 (regression); padding 0
     mask: torch.Tensor  # (B, T) float32 loss weight: 0 on padding and grace steps, decision_weight in the response periods, else 1
     window: torch.Tensor  # (B, T) int16: the response window a step belongs to (1, 2, ...), 0 outside them
+    react: torch.Tensor  # (B, T) bool: the grace at a window's start where waiting or the answer are right, a guess wrong
     lengths: torch.Tensor  # (B,) int64 row lengths in steps
     conditions: dict[str, np.ndarray]  # numeric trial info from new_trial(), each (B,) (or (B, trials_per_row))
     epochs: dict[str, np.ndarray]  # period -> (B, 2) int64 [start, end) steps, [0, 0) where absent; (B, trials_per_row, 2)
@@ -125,6 +126,7 @@ class TrialSampler:
         decision_period: str | Sequence[str] | None = "decision",
         trials_per_row: int = 1,
         grace: float = 0.0,
+        penalize_guess: bool = False,
         tasks: Mapping[str, float] | None = None,
         mixing: str = "trial",
         balanced: bool = False,
@@ -135,7 +137,7 @@ class TrialSampler:
         self.timing, self.params, self.task_dirs = timing, params, tuple(task_dirs)
         self.decision_weight, self.decision_period, self.trials_per_row = decision_weight, decision_period, trials_per_row
         self.grace, self.tasks, self.mixing, self.balanced, self.output = grace, dict(tasks or {}), mixing, balanced, output
-        self.hold_fixation = hold_fixation
+        self.hold_fixation, self.penalize_guess = hold_fixation, penalize_guess
         self._variants: list[Variant] | None = None
         self._initial_states: list[dict[str, Any]] = []
         self._spec: TaskSpec | None = None
@@ -265,6 +267,9 @@ class TrialSampler:
         mask[window > 0] = self.decision_weight
         mask[graced & (mask > 0)] = 0.0  # time to react: to the go cue (a response there is scored, not trained),
         # and to the response's end (the way back to fixation is not counted as breaking it)
+        guesses = self.penalize_guess and spec.kind is TaskKind.CLASSIFICATION and spec.fixation is not None
+        react = graced & (window > 0) & guesses
+        mask[react] = 1.0  # ... except that a wrong answer while reacting is a guess, penalised (metrics.task_loss)
         infos = [info for row in rows for _, info, _, _, _ in row]
         keys = [k for k in dict.fromkeys(k for info in infos for k in info)
                 if all(_is_condition(info[k]) for info in infos if k in info)]
@@ -282,6 +287,7 @@ class TrialSampler:
             targets=torch.from_numpy(targets),
             mask=torch.from_numpy(mask),
             window=torch.from_numpy(window),
+            react=torch.from_numpy(react),
             lengths=torch.from_numpy(lengths),
             conditions=conditions,
             epochs=epochs,

@@ -57,10 +57,15 @@ def decoded_direction(outputs: torch.Tensor, spec: TaskSpec) -> torch.Tensor:
 def task_loss(outputs: torch.Tensor, batch: TrialBatch, spec: TaskSpec) -> torch.Tensor:
     """Mask-weighted mean per-step loss: cross-entropy of logits (B, T, C) for classification, squared
     error averaged over output dims for regression and for a ring read-out (sigmoid units against
-    :func:`ring_targets`, the fixation unit weighing FIXATION_WEIGHT)."""
+    :func:`ring_targets`, the fixation unit weighing FIXATION_WEIGHT). On ``batch.react`` steps (the time to
+    react at a response window's start) fixating and the answer are both right: the loss is
+    ``-log(p(fixate) + p(answer))``, so only a guess costs."""
     if spec.kind is TaskKind.CLASSIFICATION:
-        per_step = F.cross_entropy(outputs.flatten(0, 1), batch.targets.flatten(), reduction="none")
-        per_step = per_step.view_as(batch.mask)
+        log_p = outputs.log_softmax(-1)
+        per_step = -log_p.gather(-1, batch.targets[..., None])[..., 0]
+        if spec.fixation is not None:
+            wait_or_answer = -torch.logaddexp(log_p[..., spec.fixation], -per_step)
+            per_step = torch.where(batch.react & (batch.targets != spec.fixation), wait_or_answer, per_step)
     elif spec.kind is TaskKind.RING:
         weight = torch.ones(spec.n_outputs, device=outputs.device)
         weight[spec.fixation] = FIXATION_WEIGHT

@@ -217,6 +217,19 @@ def test_grace_steps_are_scored_not_trained():
     dual = TrialSampler("DualDelayMatchSample-v0", dt=20, batch_size=2, seed=0, decision_period=["test1", "test2"], grace=40).batch(0)
     assert (dual.mask[:, 100:102] == 0).all() and (dual.mask[:, 102:125] == 5).all()  # test1: 100-125
     assert (dual.mask[:, 125:127] == 0).all() and (dual.mask[:, 127:150] == 1).all()  # back to fixation after it
+    assert not batch.react.any() and not dual.react.any()
+
+
+def test_a_guess_while_reacting_is_trained_against():
+    """task.penalize_guess: the grace at a window's start is trained (weight 1) as a time to react, not after it."""
+    batch = TrialSampler(PDM, dt=20, batch_size=4, seed=0, grace=40, penalize_guess=True).batch(0)
+    assert batch.react[:, 105:107].all() and batch.react.sum() == 4 * 2
+    assert (batch.mask[:, 105:107] == 1.0).all() and (batch.mask[:, 107:] == 5.0).all()
+    dual = TrialSampler("DualDelayMatchSample-v0", dt=20, batch_size=2, seed=0, decision_period=["test1", "test2"], grace=40,
+                        penalize_guess=True).batch(0)
+    assert dual.react[:, 100:102].all() and not dual.react[:, 125:127].any() and (dual.mask[:, 125:127] == 0).all()
+    regression = TrialSampler("SineWave-v0", dt=20, batch_size=2, seed=0, grace=40, penalize_guess=True).batch(0)
+    assert not regression.react.any()  # no fixation action, nothing to wait with
 
 
 def test_rows_of_consecutive_trials():

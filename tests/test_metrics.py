@@ -50,6 +50,28 @@ def test_classification_loss_ignores_padding_and_backpropagates(padded, context_
     assert pad.any() and (logits.grad[pad] == 0).all() and (logits.grad[~pad] != 0).any()
 
 
+def test_while_reacting_only_a_guess_costs():
+    """react steps: -log(p(fixate) + p(answer)); fixating or answering costs ~0, the other choice costs its log odds."""
+    targets, window = [[0, 1, 1, 1]], [[0, 1, 1, 1]]
+    batch = hand_batch(targets, window)
+    batch.react[0, 1] = True
+
+    def loss_at_react(action: int) -> float:
+        logits = torch.full((1, 4, 3), -20.0)
+        logits[0, 0, 0] = logits[0, 2:, 1] = logits[0, 1, action] = 20.0  # fixate, react with action, answer 1
+        return task_loss(logits, batch, spec()).item() * 4  # the sum: all 4 steps weigh 1
+
+    assert loss_at_react(0) == pytest.approx(0.0, abs=1e-6) and loss_at_react(1) == pytest.approx(0.0, abs=1e-6)
+    assert loss_at_react(2) == pytest.approx(40.0 - math.log(2), rel=1e-3)  # -log(2 e^-40 / (1 + 2 e^-40)) -> 40 - log 2
+    logits = torch.randn(1, 4, 3, generator=torch.Generator().manual_seed(1))
+    p = logits[0, 1].softmax(-1)
+    rest = sum(-logits[0, t].log_softmax(-1)[targets[0][t]].item() for t in (0, 2, 3))
+    assert task_loss(logits, batch, spec()).item() * 4 == pytest.approx(rest - math.log(p[0] + p[1]), rel=1e-5)
+    batch.targets[0, 1] = 0  # a no-go step: plain cross-entropy towards fixation, not -log(2 p)
+    assert task_loss(logits, batch, spec()).item() * 4 == pytest.approx(
+        sum(-logits[0, t].log_softmax(-1)[batch.targets[0, t]].item() for t in range(4)), rel=1e-5)
+
+
 def test_regression_loss_and_masked_mse():
     flip_flop = TrialSampler("FlipFlop-v0", dt=20, batch_size=4, seed=0, decision_weight=5.0)
     batch = flip_flop.batch(0)
@@ -93,7 +115,8 @@ def hand_batch(targets: list[list[int]], windows: list[list[int]], lengths: list
     targets_t, window = torch.tensor(targets), torch.tensor(windows, dtype=torch.int16)
     lengths_t = torch.tensor(lengths or [targets_t.shape[1]] * len(targets))
     mask = (torch.arange(targets_t.shape[1]) < lengths_t[:, None]).float()
-    return TrialBatch(torch.zeros(*targets_t.shape, 2), targets_t, mask, window, lengths_t, {}, {})
+    return TrialBatch(torch.zeros(*targets_t.shape, 2), targets_t, mask, window, torch.zeros_like(mask, dtype=torch.bool),
+                      lengths_t, {}, {})
 
 
 def acting(actions: list[list[int]], n_outputs: int = 3) -> torch.Tensor:

@@ -101,3 +101,15 @@ def test_chance_counts_the_answers_of_one_response_period(results, tmp_path: Pat
     assert results.targets(tmp_path) == 3
     (tmp_path / "activity.npz").unlink()
     assert results.targets(tmp_path) is None
+
+
+def test_each_row_names_its_training_preset(results) -> None:
+    import argparse
+
+    args = argparse.Namespace(only=None, archs=["two_area"], seeds=[0], extra_two_area_seeds=[3], set=[])
+    by_task = {row.task: row for row in results.rows(args)}
+    assert by_task["DelayMatchSampleDistractor1D-v0"].training == "longer"
+    assert "train=longer" in by_task["DelayMatchSampleDistractor1D-v0"].command()
+    assert by_task["GoNogo-v0"].command().count("train=") == 1 and by_task["GoNogo-v0"].training == "long"
+    assert by_task["sine_wave"].training == "continuous" and by_task["go_nogo"].training == "default"
+    assert by_task["go_nogo"].seeds == [0, 3] and by_task["GoNogo-v0"].seeds == [0]

@@ -39,7 +39,7 @@ class TrialBatch:
 
     inputs: torch.Tensor  # (B, T, n_in) float32, zero-padded
     targets: torch.Tensor  # (B, T) int64 (classification) or (B, T, n_out) float32 (regression); padding 0
-    mask: torch.Tensor  # (B, T) float32 loss weight: 0 on padding and grace steps, decision_weight in the response periods, else 1
+    mask: torch.Tensor  # (B, T) float32 loss weight: 0 on padding and grace steps (1 on react steps), decision_weight in the response periods, else 1
     window: torch.Tensor  # (B, T) int16: the response window a step belongs to (1, 2, ...), 0 outside them
     react: torch.Tensor  # (B, T) bool: the grace at a window's start where waiting or the answer are right, a guess wrong
     lengths: torch.Tensor  # (B,) int64 row lengths in steps

@@ -8,7 +8,6 @@ from typing import Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .data import TrialBatch
 from .tasks import TaskKind, TaskSpec

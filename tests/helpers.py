@@ -10,6 +10,10 @@ import pytest
 
 from nn4n.monitor import HPARAMS_RUN
 
+# the rate penalty and reaction loss before 2026-12-07: tests that state a trained network's behaviour (its fixed
+# points, what silencing an area does) train with them, the behaviour they were measured on
+PREVIOUS_DEFAULT = ("train.reg.rate_l2=0.01", "task.penalize_guess=false")
+
 
 def merge(base: dict, over: dict) -> dict:
     """``base`` with ``over`` merged in recursively (neither is modified)."""

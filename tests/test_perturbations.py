@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import nn4n_analyze
+from helpers import PREVIOUS_DEFAULT, nn4n_analyze
 from nn4n.stats import logistic_fit, wilson
 
 FRACTIONS = (0.2, 0.4, 0.6, 0.8, 1.0)
@@ -38,9 +38,11 @@ def test_the_logistic_fit_recovers_a_known_slope_within_its_interval() -> None:
 
 @pytest.fixture(scope="module")
 def two_area_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two two-area networks (one K=2 run) trained on PerceptualDecisionMaking to ~0.85 (about a minute)."""
+    """Two two-area networks (one K=2 run) trained on PerceptualDecisionMaking to ~0.85 (about a minute), with the
+    previous default's rate penalty and loss (``PREVIOUS_DEFAULT``), whose networks' behaviour the tests below state
+    (with the current one, silencing the input area for 60 ms before the stimulus broke fixation in 3% of trials)."""
     cwd = tmp_path_factory.mktemp("pdm")
-    done = subprocess.run([sys.executable, "-m", "nn4n", "arch=two_area", "train.steps=500", "train.eval_every=250",
+    done = subprocess.run([sys.executable, "-m", "nn4n", *PREVIOUS_DEFAULT, "arch=two_area", "train.steps=500", "train.eval_every=250",
                            "train.recurrent_lr_scale=16", "train.n_networks=2", "logging=minimal", "hydra.run.dir=run"],
                           cwd=cwd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

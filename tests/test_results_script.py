@@ -110,6 +110,7 @@ def test_each_row_names_its_training_preset(results) -> None:
     by_task = {row.task: row for row in results.rows(args)}
     assert by_task["DelayMatchSampleDistractor1D-v0"].training == "longer"
     assert "train=longer" in by_task["DelayMatchSampleDistractor1D-v0"].command()
+    assert by_task["interval_discrimination"].training == by_task["IntervalDiscrimination-v0"].training == "longer"
     assert by_task["GoNogo-v0"].command().count("train=") == 1 and by_task["GoNogo-v0"].training == "long"
     assert by_task["sine_wave"].training == "continuous" and by_task["go_nogo"].training == "default"
     assert by_task["go_nogo"].seeds == [0, 3] and by_task["GoNogo-v0"].seeds == [0]

@@ -167,7 +167,8 @@ def test_the_analysis_command_names_bad_input_in_one_line(flip_flop_run: Path, t
 def test_a_perceptual_decision_network_holds_fixation_and_leans_to_the_evidence(tmp_path: Path) -> None:
     """The network trained on PerceptualDecisionMaking with the previous default's rate penalty and loss
     (``PREVIOUS_DEFAULT``: with the current one, a search from 256 starts found no stable point under the
-    fixation input). With the fixation input: one stable point, and it fixates. With the fixation input and a
+    fixation input, where the network oscillates slowly around a weakly unstable focus: docs/analysis.md).
+    With the fixation input: one stable point, and it fixates. With the fixation input and a
     strong stimulus for either choice (the stimulus period's mean input over those trials): a stable point that still fixates, its readout leaning to the stimulus' choice.
     No search stops far from every point, and slow points are few (merged)."""
     run = subprocess.run([sys.executable, "-m", "nn4n", *PREVIOUS_DEFAULT, "logging=minimal", "hydra.run.dir=run"], cwd=tmp_path,

@@ -345,7 +345,8 @@ def main() -> None:
 def provenance(selected: list[Row], ledger: Ledger) -> str:
     """When, where and how the recorded runs behind the tables were trained (they may span several
     invocations, dates and commits)."""
-    entries = sorted((e for row in selected for seed in row.seeds if (e := ledger.get(row, seed))), key=lambda e: e["date"])
+    chosen = {(row.key, row.config, seed) for row in selected for seed in row.seeds}
+    entries = [e for key, e in ledger.entries.items() if key in chosen]  # in the order they were recorded
     pending = sum(row.runs.count(PENDING) for row in selected)
     waiting = f" ({pending} not run yet)" if pending else ""
     command = shlex.join(["python", "scripts/results.py", *sys.argv[1:]])

@@ -114,3 +114,13 @@ def test_each_row_names_its_training_preset(results) -> None:
     assert by_task["GoNogo-v0"].command().count("train=") == 1 and by_task["GoNogo-v0"].training == "long"
     assert by_task["sine_wave"].training == "continuous" and by_task["go_nogo"].training == "default"
     assert by_task["go_nogo"].seeds == [0, 3] and by_task["GoNogo-v0"].seeds == [0]
+
+
+def test_provenance_names_the_first_and_last_commit_recorded(results, tmp_path: Path) -> None:
+    """The commits span the record in the order runs were recorded, not the order of the table's rows."""
+    rows = [results.Row("presets", task, "single", "default", [], [0], config="c") for task in ("a_task", "b_task")]
+    ledger_path = tmp_path / "results.jsonl"
+    entries = [{"row": row.key, "config": "c", "seed": 0, "date": "2026-01-01", "cpu": "cpu", "commit": commit, "jobs": 1,
+                "metrics": {"wall_time_s": 60.0}} for row, commit in ((rows[1], "old"), (rows[0], "new"))]
+    ledger_path.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    assert "nn4n old to new (2 commits)" in results.provenance(rows, results.Ledger(ledger_path, 1))

@@ -352,7 +352,8 @@ def provenance(selected: list[Row], ledger: Ledger) -> str:
     command = shlex.join(["python", "scripts/results.py", *sys.argv[1:]])
     if not entries:
         return f"No run recorded yet{waiting}: `{command}`"
-    span = " to ".join(dict.fromkeys([entries[0]["date"], entries[-1]["date"]]))
+    dates = [e["date"] for e in entries]
+    span = " to ".join(dict.fromkeys([min(dates), max(dates)]))
     where = ", ".join(dict.fromkeys(e["cpu"] for e in entries))
     commits = list(dict.fromkeys(str(e["commit"]) for e in entries))
     at = f"nn4n {commits[0]}" if len(commits) == 1 else f"nn4n {commits[0]} to {commits[-1]} ({len(commits)} commits)"
